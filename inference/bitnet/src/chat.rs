@@ -2,7 +2,7 @@
 //! (the template inside the official GGUF is broken):
 //!
 //! ```text
-//! <|begin_of_text|>System: …<|eot_id|>User: …<|eot_id|>Assistant: …<|eot_id|>Assistant: 
+//! <|begin_of_text|>System: …<|eot_id|>User: …<|eot_id|>Assistant: …<|eot_id|>Assistant:
 //! ```
 //!
 //! Each turn is `Role: content<|eot_id|>` with the role capitalised and the content trimmed;

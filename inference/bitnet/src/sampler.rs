@@ -59,7 +59,9 @@ pub enum SamplerError {
     },
     #[error("the logits are empty; the model returned no vocabulary scores")]
     EmptyLogits,
-    #[error("none of the {count} logits is a finite number; the forward pass produced NaN or infinity")]
+    #[error(
+        "none of the {count} logits is a finite number; the forward pass produced NaN or infinity"
+    )]
     NoFiniteLogit { count: usize },
     #[error("token {id} is outside the {vocab_size} logits")]
     TokenOutOfRange { id: u32, vocab_size: usize },
@@ -142,12 +144,17 @@ impl Sampler {
             return Err(SamplerError::EmptyLogits);
         }
         self.candidates.clear();
-        self.candidates.extend(
-            logits
-                .iter()
-                .enumerate()
-                .map(|(id, &logit)| (id as u32, if logit.is_nan() { f32::NEG_INFINITY } else { logit })),
-        );
+        self.candidates
+            .extend(logits.iter().enumerate().map(|(id, &logit)| {
+                (
+                    id as u32,
+                    if logit.is_nan() {
+                        f32::NEG_INFINITY
+                    } else {
+                        logit
+                    },
+                )
+            }));
         self.apply_repetition_penalty(history);
 
         if self.config.temperature == 0.0 {
@@ -234,7 +241,8 @@ impl Sampler {
     fn keep_most_likely(&mut self) {
         let top_k = self.config.top_k;
         if top_k > 0 && top_k < self.candidates.len() {
-            self.candidates.select_nth_unstable_by(top_k - 1, by_logit_desc);
+            self.candidates
+                .select_nth_unstable_by(top_k - 1, by_logit_desc);
             self.candidates.truncate(top_k);
         } else if self.config.top_p < 1.0 {
             const SHORTLIST: usize = 256;
@@ -249,7 +257,8 @@ impl Sampler {
                     .iter()
                     .map(|&(_, logit)| f64::from(logit - max).exp())
                     .sum();
-                self.candidates.select_nth_unstable_by(SHORTLIST - 1, by_logit_desc);
+                self.candidates
+                    .select_nth_unstable_by(SHORTLIST - 1, by_logit_desc);
                 let short_mass: f64 = self.candidates[..SHORTLIST]
                     .iter()
                     .map(|&(_, logit)| f64::from(logit - max).exp())

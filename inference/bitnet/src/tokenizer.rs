@@ -606,15 +606,14 @@ fn build_spm(
                 pieces.entry(text.clone()).or_insert(id);
             }
             TokenKind::Byte => {
-                let byte = spm::parse_byte_token(text).ok_or_else(|| {
-                    TokenizerError::InvalidEntry {
+                let byte =
+                    spm::parse_byte_token(text).ok_or_else(|| TokenizerError::InvalidEntry {
                         key: "tokenizer.ggml.tokens",
                         index: id as usize,
                         problem: format!(
                             "= {text:?} has token_type 6 (byte) but is not spelled <0xNN>"
                         ),
-                    }
-                })?;
+                    })?;
                 byte_tokens[byte as usize].get_or_insert(id);
             }
             TokenKind::Unknown => {

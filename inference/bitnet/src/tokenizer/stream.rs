@@ -26,7 +26,9 @@ impl<'t> StreamDecoder<'t> {
     pub fn push(&mut self, id: u32) -> Option<String> {
         match self.tokenizer.token_bytes(id) {
             Some(bytes) => self.pending.extend_from_slice(bytes),
-            None => self.pending.extend_from_slice(super::INVALID_ID_TEXT.as_bytes()),
+            None => self
+                .pending
+                .extend_from_slice(super::INVALID_ID_TEXT.as_bytes()),
         }
         let mut text = String::new();
         loop {
