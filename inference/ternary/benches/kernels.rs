@@ -1,0 +1,2 @@
+//! Kernel benchmark (filled in below).
+fn main() {}

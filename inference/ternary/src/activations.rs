@@ -1,0 +1,171 @@
+//! Activations quantised to int8 per token (absmax), laid out for the kernels: each token's row is
+//! padded with zeros to a whole number of 128-element chunks and starts 64-byte aligned.
+
+use crate::error::FormatError;
+use crate::format::CHUNK;
+
+const ALIGN: usize = 64;
+
+/// Int8 activations of `tokens` tokens × `cols` columns, with each token's scale and sums.
+#[derive(Debug, Clone, Default)]
+pub struct QuantizedActivations {
+    storage: Vec<i8>,
+    offset: usize,
+    tokens: usize,
+    cols: usize,
+    stride: usize,
+    scales: Vec<f32>,
+    sums: Vec<i32>,
+    chunk_sums: Vec<i32>,
+}
+
+impl QuantizedActivations {
+    /// Quantises `x` (`tokens × cols` values, row-major) per token, as BitNet's BitLinear does:
+    /// `s = 127 / max(max|x|, 1e-5)`, `q = clamp(round(x·s), -128, 127)` (round half to even).
+    ///
+    /// # Panics
+    /// If `cols` is 0 or `x.len()` is not a multiple of `cols`; [`Self::try_quantize`] returns the error instead.
+    pub fn quantize(x: &[f32], cols: usize) -> Self {
+        Self::try_quantize(x, cols).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::quantize`], with a shape error instead of a panic.
+    pub fn try_quantize(x: &[f32], cols: usize) -> Result<Self, FormatError> {
+        let mut quantized = Self::default();
+        quantized.try_requantize(x, cols)?;
+        Ok(quantized)
+    }
+
+    /// Quantises new input into the existing buffers (no allocation when the shape does not grow).
+    ///
+    /// # Panics
+    /// As [`Self::quantize`].
+    pub fn requantize(&mut self, x: &[f32], cols: usize) {
+        self.try_requantize(x, cols)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::requantize`], with a shape error instead of a panic.
+    pub fn try_requantize(&mut self, x: &[f32], cols: usize) -> Result<(), FormatError> {
+        if cols == 0 || !x.len().is_multiple_of(cols) || cols > crate::format::MAX_COLS {
+            return Err(FormatError::InputLength {
+                cols,
+                actual: x.len(),
+            });
+        }
+        let tokens = x.len() / cols;
+        let stride = cols.div_ceil(CHUNK) * CHUNK;
+        let chunks = stride / CHUNK;
+        self.resize(tokens, cols, stride);
+        self.scales.clear();
+        self.sums.clear();
+        self.chunk_sums.clear();
+        let offset = self.offset;
+        for (token, input) in x.chunks_exact(cols).enumerate() {
+            let row = &mut self.storage[offset + token * stride..offset + (token + 1) * stride];
+            let max = input.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-5);
+            let scale = 127.0 / max;
+            for (q, &v) in row.iter_mut().zip(input) {
+                *q = (v * scale).round_ties_even().clamp(-128.0, 127.0) as i8;
+            }
+            row[cols..].fill(0);
+            let mut total = 0i32;
+            for chunk in row.chunks_exact(CHUNK) {
+                let sum: i32 = chunk.iter().map(|&q| i32::from(q)).sum();
+                self.chunk_sums.push(sum);
+                total += sum;
+            }
+            debug_assert_eq!(self.chunk_sums.len(), (token + 1) * chunks);
+            self.scales.push(scale);
+            self.sums.push(total);
+        }
+        Ok(())
+    }
+
+    /// Sets the shape and makes room, keeping a 64-byte aligned start.
+    fn resize(&mut self, tokens: usize, cols: usize, stride: usize) {
+        let needed = tokens * stride;
+        if self.storage.len() < self.offset + needed {
+            self.storage = vec![0; needed + ALIGN];
+            self.offset = self.storage.as_ptr().align_offset(ALIGN).min(ALIGN);
+        }
+        self.tokens = tokens;
+        self.cols = cols;
+        self.stride = stride;
+    }
+
+    /// Builds activations straight from int8 values (`tokens × cols`) with per-token scales; for
+    /// tests and benchmarks that need exact int8 inputs such as all -128.
+    pub fn from_int8(values: &[i8], cols: usize, scales: &[f32]) -> Result<Self, FormatError> {
+        if cols == 0
+            || !values.len().is_multiple_of(cols)
+            || cols > crate::format::MAX_COLS
+            || values.len() / cols != scales.len()
+        {
+            return Err(FormatError::InputLength {
+                cols,
+                actual: values.len(),
+            });
+        }
+        let tokens = scales.len();
+        let stride = cols.div_ceil(CHUNK) * CHUNK;
+        let mut quantized = Self::default();
+        quantized.resize(tokens, cols, stride);
+        let offset = quantized.offset;
+        for (token, input) in values.chunks_exact(cols).enumerate() {
+            let row =
+                &mut quantized.storage[offset + token * stride..offset + (token + 1) * stride];
+            row[..cols].copy_from_slice(input);
+            row[cols..].fill(0);
+            let mut total = 0i32;
+            for chunk in row.chunks_exact(CHUNK) {
+                let sum: i32 = chunk.iter().map(|&q| i32::from(q)).sum();
+                quantized.chunk_sums.push(sum);
+                total += sum;
+            }
+            quantized.sums.push(total);
+        }
+        quantized.scales = scales.to_vec();
+        Ok(quantized)
+    }
+
+    /// Number of tokens (rows of the input).
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// Number of columns per token (before padding).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Distance in elements between the starts of consecutive tokens (cols rounded up to 128).
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// Quantisation scale of `token`: q = x · scale.
+    pub fn scale(&self, token: usize) -> f32 {
+        self.scales[token]
+    }
+
+    /// Σ q over the token's values.
+    pub fn sum(&self, token: usize) -> i32 {
+        self.sums[token]
+    }
+
+    /// The token's int8 values, including the zero padding up to [`Self::stride`].
+    pub fn token(&self, token: usize) -> &[i8] {
+        &self.data()[token * self.stride..(token + 1) * self.stride]
+    }
+
+    /// All tokens' values, `tokens × stride`.
+    pub(crate) fn data(&self) -> &[i8] {
+        &self.storage[self.offset..self.offset + self.tokens * self.stride]
+    }
+
+    /// Σ q over 128-element chunk `chunk` of `token`.
+    pub(crate) fn chunk_sum(&self, token: usize, chunk: usize) -> i32 {
+        self.chunk_sums[token * (self.stride / CHUNK) + chunk]
+    }
+}

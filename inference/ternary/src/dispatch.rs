@@ -1,0 +1,249 @@
+//! Run-time kernel selection: a table of function pointers built once. It starts from the scalar
+//! reference and each instruction-set level the CPU has (or `TERNARY_KERNEL` allows) overwrites
+//! the slots it implements faster. SIMD kernels can only be reached through a table built after
+//! their CPU feature probe succeeded.
+
+use crate::error::KernelError;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+/// Rows held by one tile of the internal ternary layout.
+pub(crate) const TILE_ROWS: usize = 4;
+
+/// Σ code·x for the 4 rows of a tile against `tokens` activation rows:
+/// `out[t*4 + r] = Σ_k code(r, k) · x[t*x_stride + k]` for `k < tile.len()`.
+/// The tile is `tile.len() / 128` chunks, each 4 rows × 32 bytes of codes in internal order.
+pub(crate) type TernaryTileFn =
+    fn(tile: &[u8], x: &[i8], x_stride: usize, tokens: usize, out: &mut [i32]);
+/// Σ w·x for one f16 row (as raw bits) and one f32 activation row of the same length.
+pub(crate) type F16DotFn = fn(w: &[u16], x: &[f32]) -> f32;
+/// Σ w·x for f32 rows.
+pub(crate) type F32DotFn = fn(w: &[f32], x: &[f32]) -> f32;
+/// Σ over 32-blocks b of (Σ w·x in block b) · (w_scale[b] · x_scale[b]), the float steps summed
+/// in 8 lanes (block b into lane b mod 8) and the lanes reduced as in [`reduce_lanes`].
+pub(crate) type Q8DotFn = fn(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32]) -> f32;
+
+/// One implementation of every kernel slot.
+#[derive(Clone, Copy)]
+pub(crate) struct KernelTable {
+    pub kernel: Kernel,
+    pub ternary_tile: TernaryTileFn,
+    pub f16_dot: F16DotFn,
+    pub f32_dot: F32DotFn,
+    pub q8_dot: Q8DotFn,
+}
+
+impl fmt::Debug for KernelTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KernelTable({})", self.kernel)
+    }
+}
+
+/// The fixed reduction order of the 8 float lanes of [`Q8DotFn`]: upper half onto lower half,
+/// then again, then the last pair, which is what a 256-bit SIMD reduction does naturally.
+pub(crate) fn reduce_lanes(lanes: [f32; 8]) -> f32 {
+    let quad = [
+        lanes[0] + lanes[4],
+        lanes[1] + lanes[5],
+        lanes[2] + lanes[6],
+        lanes[3] + lanes[7],
+    ];
+    let pair = [quad[0] + quad[2], quad[1] + quad[3]];
+    pair[0] + pair[1]
+}
+
+/// Checks the arguments of a [`TernaryTileFn`]; SIMD kernels rely on it for memory safety.
+pub(crate) fn check_tile_args(tile: &[u8], x: &[i8], x_stride: usize, tokens: usize, out: &[i32]) {
+    let k = tile.len();
+    assert!(
+        k.is_multiple_of(crate::format::CHUNK),
+        "tile length {k} is not a whole number of chunks"
+    );
+    assert!(
+        out.len() >= TILE_ROWS * tokens,
+        "tile output holds {} values, need {}",
+        out.len(),
+        TILE_ROWS * tokens
+    );
+    if tokens > 0 {
+        assert!(
+            x_stride >= k,
+            "activation stride {x_stride} is shorter than the row length {k}"
+        );
+        assert!(
+            x.len() >= (tokens - 1) * x_stride + k,
+            "activations hold {} values, need {}",
+            x.len(),
+            (tokens - 1) * x_stride + k
+        );
+    }
+}
+
+/// A kernel family, as named by `TERNARY_KERNEL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Portable scalar reference: defines the correct result.
+    Scalar,
+    /// x86-64 AVX2 (`vpmaddubsw`), with FMA and F16C for the float output layer.
+    Avx2,
+    /// x86-64 AVX-VNNI (256-bit `vpdpbusd`) on top of AVX2.
+    AvxVnni,
+    /// x86-64 AVX-512 VNNI (512-bit `vpdpbusd`) on top of AVX2.
+    Avx512Vnni,
+    /// AArch64 NEON.
+    Neon,
+    /// AArch64 NEON with the dot-product extension (`sdot`).
+    NeonDot,
+}
+
+impl Kernel {
+    /// Every kernel family, scalar first.
+    pub const ALL: [Kernel; 6] = [
+        Kernel::Scalar,
+        Kernel::Avx2,
+        Kernel::AvxVnni,
+        Kernel::Avx512Vnni,
+        Kernel::Neon,
+        Kernel::NeonDot,
+    ];
+
+    /// The name used by `TERNARY_KERNEL`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kernel::Scalar => "scalar",
+            Kernel::Avx2 => "avx2",
+            Kernel::AvxVnni => "avxvnni",
+            Kernel::Avx512Vnni => "avx512vnni",
+            Kernel::Neon => "neon",
+            Kernel::NeonDot => "neon-dot",
+        }
+    }
+
+    /// Whether this CPU can run the family.
+    pub fn is_available(self) -> bool {
+        table_for(self).is_ok()
+    }
+
+    /// The families this CPU can run, scalar first.
+    pub fn available() -> Vec<Kernel> {
+        Kernel::ALL
+            .into_iter()
+            .filter(|k| k.is_available())
+            .collect()
+    }
+}
+
+impl fmt::Display for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Kernel {
+    type Err = KernelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Kernel::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| KernelError::Unknown {
+                requested: s.to_string(),
+            })
+    }
+}
+
+/// The portable table.
+fn scalar_table() -> KernelTable {
+    KernelTable {
+        kernel: Kernel::Scalar,
+        ternary_tile: crate::scalar::ternary_tile,
+        f16_dot: crate::scalar::f16_dot,
+        f32_dot: crate::scalar::f32_dot,
+        q8_dot: crate::scalar::q8_dot,
+    }
+}
+
+/// Each ISA level's table builder: takes the table so far, returns it with its slots overwritten,
+/// or `None` when the CPU lacks the features. Listed from the baseline up.
+type Level = (Kernel, fn(KernelTable) -> Option<KernelTable>);
+
+#[cfg(target_arch = "x86_64")]
+const LEVELS: &[Level] = &[
+    (Kernel::Avx2, crate::x86_64::avx2::install),
+    (Kernel::AvxVnni, crate::x86_64::avxvnni::install),
+    (Kernel::Avx512Vnni, crate::x86_64::avx512vnni::install),
+];
+#[cfg(not(target_arch = "x86_64"))]
+const LEVELS: &[Level] = &[];
+
+/// The table for exactly `kernel`: scalar, then the levels it builds on, then its own slots.
+pub(crate) fn table_for(kernel: Kernel) -> Result<KernelTable, KernelError> {
+    let unavailable = || KernelError::Unavailable {
+        requested: kernel,
+        available: available_names(),
+    };
+    let mut table = scalar_table();
+    if kernel == Kernel::Scalar {
+        return Ok(table);
+    }
+    let (_, install) = LEVELS
+        .iter()
+        .find(|(k, _)| *k == kernel)
+        .ok_or_else(unavailable)?;
+    // AVX-VNNI and AVX-512 VNNI both build on AVX2, not on each other.
+    if kernel != Kernel::Avx2 {
+        if let Some((_, avx2)) = LEVELS.iter().find(|(k, _)| *k == Kernel::Avx2) {
+            table = avx2(table).ok_or_else(unavailable)?;
+        }
+    }
+    install(table).ok_or_else(unavailable)
+}
+
+fn available_names() -> String {
+    let mut names = vec![Kernel::Scalar.name()];
+    let mut table = scalar_table();
+    for (kernel, install) in LEVELS {
+        if let Some(next) = install(table) {
+            names.push(kernel.name());
+            if *kernel == Kernel::Avx2 {
+                table = next;
+            }
+        }
+    }
+    names.join(", ")
+}
+
+/// The best table for this CPU: scalar first, each detected level overwriting slots.
+fn best_table() -> KernelTable {
+    let mut table = scalar_table();
+    for (_, install) in LEVELS {
+        if let Some(next) = install(table) {
+            table = next;
+        }
+    }
+    table
+}
+
+static ACTIVE: OnceLock<Result<KernelTable, KernelError>> = OnceLock::new();
+
+/// The table all products use, chosen once from `TERNARY_KERNEL` or the CPU.
+pub(crate) fn active_table() -> Result<KernelTable, KernelError> {
+    ACTIVE
+        .get_or_init(|| match std::env::var("TERNARY_KERNEL") {
+            Ok(name) if !name.trim().is_empty() => table_for(name.parse()?),
+            _ => Ok(best_table()),
+        })
+        .clone()
+}
+
+/// The kernel family in use, or why the one requested by `TERNARY_KERNEL` cannot be used.
+/// Call it at start-up to turn a bad `TERNARY_KERNEL` into a clean error.
+pub fn try_active_kernel() -> Result<Kernel, KernelError> {
+    active_table().map(|t| t.kernel)
+}
+
+/// The kernel family in use. When `TERNARY_KERNEL` names an unavailable family this reports the
+/// scalar reference, since no matrix can be built then (constructors return the error).
+pub fn active_kernel() -> Kernel {
+    try_active_kernel().unwrap_or(Kernel::Scalar)
+}

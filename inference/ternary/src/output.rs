@@ -1,0 +1,310 @@
+//! `OutputMatrix`: the output layer (the tied token embedding of BitNet 2B4T, 128256×2560), kept
+//! as F16 (or F32) and optionally repacked to int8 in q8_0 style (blocks of 32 int8 values with an
+//! f32 scale each, 9 bits per weight instead of 16), dotted with int8 activations quantised the
+//! same way. It is the largest single read of a decode step, so halving its bytes matters.
+
+use crate::dispatch::{active_table, table_for, Kernel, KernelTable};
+use crate::error::FormatError;
+use crate::pool::ThreadPool;
+use crate::shared_out::SharedOut;
+use half::f16;
+
+/// Values per int8 block, each with its own scale.
+pub const Q8_BLOCK: usize = 32;
+
+#[derive(Debug, Clone)]
+enum Storage {
+    F16(Vec<u16>),
+    F32(Vec<f32>),
+    Int8 { values: Vec<i8>, scales: Vec<f32> },
+}
+
+/// A dense output-layer matrix, `rows × cols`, row-major.
+#[derive(Debug, Clone)]
+pub struct OutputMatrix {
+    rows: usize,
+    cols: usize,
+    storage: Storage,
+    kernels: KernelTable,
+}
+
+fn check_shape(
+    rows: usize,
+    cols: usize,
+    given: usize,
+    bytes_per_value: usize,
+) -> Result<(), FormatError> {
+    if rows == 0 || cols == 0 {
+        return Err(FormatError::EmptyShape { rows, cols });
+    }
+    if !cols.is_multiple_of(Q8_BLOCK) {
+        return Err(FormatError::ColsNotMultiple {
+            format: "the output layer",
+            cols,
+            block: Q8_BLOCK,
+        });
+    }
+    let expected = rows
+        .checked_mul(cols)
+        .and_then(|n| n.checked_mul(bytes_per_value))
+        .ok_or(FormatError::ShapeTooLarge {
+            rows,
+            cols,
+            max_cols: crate::format::MAX_COLS,
+        })?;
+    if given != expected {
+        let format = if bytes_per_value == 2 { "F16" } else { "F32" };
+        return Err(FormatError::ByteLength {
+            format,
+            rows,
+            cols,
+            expected,
+            actual: given,
+        });
+    }
+    Ok(())
+}
+
+impl OutputMatrix {
+    /// Wraps F16 tensor bytes (little-endian, row-major `rows × cols`). `cols` must be a multiple of 32.
+    pub fn from_f16_bytes(bytes: &[u8], rows: usize, cols: usize) -> Result<Self, FormatError> {
+        check_shape(rows, cols, bytes.len(), 2)?;
+        let values = bytes
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        Ok(OutputMatrix {
+            rows,
+            cols,
+            storage: Storage::F16(values),
+            kernels: active_table()?,
+        })
+    }
+
+    /// Wraps f32 values (row-major `rows × cols`). `cols` must be a multiple of 32.
+    pub fn from_f32(values: &[f32], rows: usize, cols: usize) -> Result<Self, FormatError> {
+        check_shape(rows, cols, values.len().saturating_mul(4), 4)?;
+        Ok(OutputMatrix {
+            rows,
+            cols,
+            storage: Storage::F32(values.to_vec()),
+            kernels: active_table()?,
+        })
+    }
+
+    /// The q8_0-style int8 repack: per 32-block `d = max|w| / 127`, `q = round(w / d)`.
+    /// Drop the original afterwards so the int8 copy replaces it rather than adding to it.
+    pub fn to_int8(&self) -> Self {
+        let mut values = Vec::with_capacity(self.rows * self.cols);
+        let mut scales = Vec::with_capacity(self.rows * self.cols / Q8_BLOCK);
+        let mut row = vec![0f32; self.cols];
+        for r in 0..self.rows {
+            if let Storage::Int8 { .. } = self.storage {
+                return self.clone();
+            }
+            self.row(r, &mut row);
+            for block in row.chunks_exact(Q8_BLOCK) {
+                scales.push(quantize_block(block, &mut values));
+            }
+        }
+        OutputMatrix {
+            rows: self.rows,
+            cols: self.cols,
+            storage: Storage::Int8 { values, scales },
+            kernels: self.kernels,
+        }
+    }
+
+    /// Number of rows (vocabulary entries).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns (model width).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Whether the matrix holds the int8 repack.
+    pub fn is_int8(&self) -> bool {
+        matches!(self.storage, Storage::Int8 { .. })
+    }
+
+    /// Bytes streamed by one product.
+    pub fn weight_bytes(&self) -> usize {
+        match &self.storage {
+            Storage::F16(v) => 2 * v.len(),
+            Storage::F32(v) => 4 * v.len(),
+            Storage::Int8 { values, scales } => values.len() + 4 * scales.len(),
+        }
+    }
+
+    /// Writes dequantised row `r` (an embedding lookup) into `out[..cols]`.
+    ///
+    /// # Panics
+    /// If `r >= rows` or `out.len() < cols`.
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        assert!(
+            r < self.rows,
+            "row {r} out of range: the matrix has {} rows",
+            self.rows
+        );
+        let out = &mut out[..self.cols];
+        let range = r * self.cols..(r + 1) * self.cols;
+        match &self.storage {
+            Storage::F16(v) => {
+                for (o, &bits) in out.iter_mut().zip(&v[range]) {
+                    *o = f16::from_bits(bits).to_f32();
+                }
+            }
+            Storage::F32(v) => out.copy_from_slice(&v[range]),
+            Storage::Int8 { values, scales } => {
+                let scales = &scales[r * self.cols / Q8_BLOCK..];
+                for (i, (o, &q)) in out.iter_mut().zip(&values[range]).enumerate() {
+                    *o = f32::from(q) * scales[i / Q8_BLOCK];
+                }
+            }
+        }
+    }
+
+    /// `out[n*rows + r] = Σ_k W[r,k]·x[n*cols + k]` for `tokens` tokens, rows split across the pool.
+    ///
+    /// # Panics
+    /// If `x.len() != tokens * cols` or `out.len() != tokens * rows`; [`Self::try_matmul`] returns the error instead.
+    pub fn matmul(&self, x: &[f32], tokens: usize, out: &mut [f32], pool: &ThreadPool) {
+        self.try_matmul(x, tokens, out, pool)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// [`Self::matmul`], with a shape error instead of a panic.
+    pub fn try_matmul(
+        &self,
+        x: &[f32],
+        tokens: usize,
+        out: &mut [f32],
+        pool: &ThreadPool,
+    ) -> Result<(), FormatError> {
+        self.check(x, tokens, out)?;
+        self.run(&self.kernels, x, tokens, out, Some(pool));
+        Ok(())
+    }
+
+    /// The scalar reference product on the calling thread.
+    ///
+    /// # Panics
+    /// As [`Self::matmul`].
+    pub fn matmul_reference(&self, x: &[f32], tokens: usize, out: &mut [f32]) {
+        self.check(x, tokens, out).unwrap_or_else(|e| panic!("{e}"));
+        let scalar = table_for(Kernel::Scalar).expect("the scalar kernels exist on every CPU");
+        self.run(&scalar, x, tokens, out, None);
+    }
+
+    /// The product with an explicitly chosen kernel family (for tests and A/B benchmarks).
+    pub fn matmul_with(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        tokens: usize,
+        out: &mut [f32],
+        pool: &ThreadPool,
+    ) -> Result<(), FormatError> {
+        self.check(x, tokens, out)?;
+        let table = table_for(kernel)?;
+        self.run(&table, x, tokens, out, Some(pool));
+        Ok(())
+    }
+
+    fn check(&self, x: &[f32], tokens: usize, out: &[f32]) -> Result<(), FormatError> {
+        if x.len() != tokens * self.cols {
+            return Err(FormatError::Length {
+                what: "output-layer input",
+                rows: tokens,
+                cols: self.cols,
+                expected: tokens * self.cols,
+                actual: x.len(),
+            });
+        }
+        let expected = tokens * self.rows;
+        if out.len() != expected {
+            return Err(FormatError::OutputLength {
+                tokens,
+                rows: self.rows,
+                expected,
+                actual: out.len(),
+            });
+        }
+        Ok(())
+    }
+
+    fn run(
+        &self,
+        table: &KernelTable,
+        x: &[f32],
+        tokens: usize,
+        out: &mut [f32],
+        pool: Option<&ThreadPool>,
+    ) {
+        let (rows, cols) = (self.rows, self.cols);
+        let quantized = match self.storage {
+            Storage::Int8 { .. } => Some(quantize_activations(x, cols)),
+            _ => None,
+        };
+        let out = SharedOut::new(out);
+        let work = |worker: usize, workers: usize| {
+            for r in rows * worker / workers..rows * (worker + 1) / workers {
+                let range = r * cols..(r + 1) * cols;
+                for t in 0..tokens {
+                    let xt = t * cols..(t + 1) * cols;
+                    let value = match (&self.storage, &quantized) {
+                        (Storage::F16(w), _) => (table.f16_dot)(&w[range.clone()], &x[xt]),
+                        (Storage::F32(w), _) => (table.f32_dot)(&w[range.clone()], &x[xt]),
+                        (Storage::Int8 { values, scales }, Some((xq, xs))) => {
+                            let blocks = r * cols / Q8_BLOCK..(r + 1) * cols / Q8_BLOCK;
+                            let x_blocks = t * cols / Q8_BLOCK..(t + 1) * cols / Q8_BLOCK;
+                            (table.q8_dot)(
+                                &values[range.clone()],
+                                &scales[blocks],
+                                &xq[xt],
+                                &xs[x_blocks],
+                            )
+                        }
+                        (Storage::Int8 { .. }, None) => {
+                            unreachable!("int8 storage always quantises its input")
+                        }
+                    };
+                    // SAFETY: row r belongs to this worker only.
+                    unsafe { out.write(t * rows + r, value) };
+                }
+            }
+        };
+        match pool {
+            Some(pool) if pool.threads() > 1 && rows > 1 => pool.run(work),
+            _ => work(0, 1),
+        }
+    }
+}
+
+/// Appends the int8 values of one 32-block to `values` and returns its scale.
+/// Values stay within ±127 so the AVX2 kernel can move signs with `vpsignb`.
+fn quantize_block(block: &[f32], values: &mut Vec<i8>) -> f32 {
+    let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = max / 127.0;
+    let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    values.extend(
+        block
+            .iter()
+            .map(|&v| (v * inverse).round_ties_even().clamp(-127.0, 127.0) as i8),
+    );
+    scale
+}
+
+/// q8_0-style quantisation of the output layer's input: per 32-block absmax.
+fn quantize_activations(x: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut values = Vec::with_capacity(x.len());
+    let scales = x
+        .chunks_exact(Q8_BLOCK)
+        .map(|block| quantize_block(block, &mut values))
+        .collect();
+    debug_assert_eq!(values.len() % cols.max(1), 0);
+    (values, scales)
+}

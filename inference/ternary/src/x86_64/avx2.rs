@@ -1,0 +1,345 @@
+//! AVX2 kernels: ternary tiles with `vpmaddubsw` (u8 codes × s8 activations), the int8 output
+//! layer with `vpmaddubsw` on |w| and sign-moved activations, and F16C/FMA float dots.
+//!
+//! Overflow proof for the ternary int16 accumulators: codes are 0..=2 (a `TernaryMatrix` is only
+//! built from validated codes) and activations are any i8 in -128..=127. One `vpmaddubsw` lane is
+//! c₀x₀ + c₁x₁ ∈ [-512, 508], so it never saturates. Each chunk of 128 elements adds 4 such lanes
+//! to every int16 accumulator lane: [-2048, 2032] per chunk. After `WIDEN_EVERY` = 16 chunks a
+//! lane is within [-32768, 32512] ⊂ i16, and it is then widened to i32 with `vpmaddwd` by 1 and
+//! reset. (bitnet.cpp widens every 32 blocks, which can overflow for extreme inputs.)
+
+use crate::dispatch::{check_tile_args, reduce_lanes, KernelTable, TILE_ROWS};
+use crate::format::CHUNK;
+use std::arch::x86_64::*;
+
+/// Chunks summed in int16 before widening to int32; see the module comment.
+const WIDEN_EVERY: usize = 16;
+
+/// Replaces every slot of the scalar table with AVX2 kernels if the CPU has AVX2, FMA and F16C.
+pub(crate) fn install(_scalar: KernelTable) -> Option<KernelTable> {
+    let has = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    has.then_some(KernelTable {
+        kernel: crate::dispatch::Kernel::Avx2,
+        ternary_tile,
+        f16_dot,
+        f32_dot,
+        q8_dot,
+    })
+}
+
+fn ternary_tile(tile: &[u8], x: &[i8], x_stride: usize, tokens: usize, out: &mut [i32]) {
+    check_tile_args(tile, x, x_stride, tokens, out);
+    // SAFETY: `install` put this function in a table only after detecting AVX2, and
+    // `check_tile_args` proved every access below in bounds.
+    unsafe { ternary_tile_avx2(tile, x, x_stride, tokens, out) }
+}
+
+/// Extracts the 32 codes of element group `$group` (0..=3) from 32 packed bytes.
+macro_rules! codes {
+    ($packed:expr, $mask:expr, 0) => {
+        _mm256_and_si256(_mm256_srli_epi16::<6>($packed), $mask)
+    };
+    ($packed:expr, $mask:expr, 1) => {
+        _mm256_and_si256(_mm256_srli_epi16::<4>($packed), $mask)
+    };
+    ($packed:expr, $mask:expr, 2) => {
+        _mm256_and_si256(_mm256_srli_epi16::<2>($packed), $mask)
+    };
+    ($packed:expr, $mask:expr, 3) => {
+        _mm256_and_si256($packed, $mask)
+    };
+}
+
+/// # Safety
+/// The CPU must have AVX2 and the arguments must pass `check_tile_args`.
+#[target_feature(enable = "avx2")]
+unsafe fn ternary_tile_avx2(
+    tile: &[u8],
+    x: &[i8],
+    x_stride: usize,
+    tokens: usize,
+    out: &mut [i32],
+) {
+    let chunks = tile.len() / CHUNK;
+    let mut token = 0;
+    while token + 2 <= tokens {
+        // SAFETY: tokens `token` and `token + 1` exist, each with `chunks * CHUNK` values after its start.
+        let sums = unsafe {
+            rows4_tokens2(
+                tile.as_ptr(),
+                x.as_ptr().add(token * x_stride),
+                x.as_ptr().add((token + 1) * x_stride),
+                chunks,
+            )
+        };
+        out[token * TILE_ROWS..(token + 2) * TILE_ROWS].copy_from_slice(&sums);
+        token += 2;
+    }
+    if token < tokens {
+        // SAFETY: as above, for the last token.
+        let sums = unsafe { rows4_token1(tile.as_ptr(), x.as_ptr().add(token * x_stride), chunks) };
+        out[token * TILE_ROWS..(token + 1) * TILE_ROWS].copy_from_slice(&sums);
+    }
+}
+
+/// # Safety
+/// AVX2; `w` points at `chunks * 128` bytes, `x` at `chunks * 128` values.
+#[target_feature(enable = "avx2")]
+unsafe fn rows4_token1(w: *const u8, x: *const i8, chunks: usize) -> [i32; 4] {
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut wide = [_mm256_setzero_si256(); 4];
+    let mut chunk = 0;
+    while chunk < chunks {
+        let end = (chunk + WIDEN_EVERY).min(chunks);
+        let mut narrow = [_mm256_setzero_si256(); 4];
+        while chunk < end {
+            // SAFETY: chunk < chunks, so these 128 activations and 128 code bytes are in bounds.
+            let (x0, x1, x2, x3, wp) = unsafe {
+                let xp = x.add(chunk * CHUNK) as *const __m256i;
+                (
+                    _mm256_loadu_si256(xp),
+                    _mm256_loadu_si256(xp.add(1)),
+                    _mm256_loadu_si256(xp.add(2)),
+                    _mm256_loadu_si256(xp.add(3)),
+                    w.add(chunk * CHUNK) as *const __m256i,
+                )
+            };
+            for (row, acc) in narrow.iter_mut().enumerate() {
+                // SAFETY: row < 4, inside this chunk's 128 bytes.
+                let packed = unsafe { _mm256_loadu_si256(wp.add(row)) };
+                let s01 = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(codes!(packed, mask, 0), x0),
+                    _mm256_maddubs_epi16(codes!(packed, mask, 1), x1),
+                );
+                let s23 = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(codes!(packed, mask, 2), x2),
+                    _mm256_maddubs_epi16(codes!(packed, mask, 3), x3),
+                );
+                *acc = _mm256_add_epi16(*acc, _mm256_add_epi16(s01, s23));
+            }
+            chunk += 1;
+        }
+        for (wide, narrow) in wide.iter_mut().zip(narrow) {
+            *wide = _mm256_add_epi32(*wide, _mm256_madd_epi16(narrow, ones));
+        }
+    }
+    wide.map(|v| hsum_i32(v))
+}
+
+/// # Safety
+/// AVX2; `w` points at `chunks * 128` bytes, `xa` and `xb` at `chunks * 128` values each.
+#[target_feature(enable = "avx2")]
+unsafe fn rows4_tokens2(w: *const u8, xa: *const i8, xb: *const i8, chunks: usize) -> [i32; 8] {
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut wide = [_mm256_setzero_si256(); 8];
+    let mut chunk = 0;
+    while chunk < chunks {
+        let end = (chunk + WIDEN_EVERY).min(chunks);
+        let mut narrow = [_mm256_setzero_si256(); 8];
+        while chunk < end {
+            // SAFETY: chunk < chunks, so the 4×32 code bytes and both tokens' 128 values are in bounds.
+            let (packed, xap, xbp) = unsafe {
+                let wp = w.add(chunk * CHUNK) as *const __m256i;
+                (
+                    [
+                        _mm256_loadu_si256(wp),
+                        _mm256_loadu_si256(wp.add(1)),
+                        _mm256_loadu_si256(wp.add(2)),
+                        _mm256_loadu_si256(wp.add(3)),
+                    ],
+                    xa.add(chunk * CHUNK) as *const __m256i,
+                    xb.add(chunk * CHUNK) as *const __m256i,
+                )
+            };
+            macro_rules! group {
+                ($g:tt) => {{
+                    // SAFETY: group $g < 4 stays inside this chunk's 128 values.
+                    let (a, b) = unsafe {
+                        (
+                            _mm256_loadu_si256(xap.add($g)),
+                            _mm256_loadu_si256(xbp.add($g)),
+                        )
+                    };
+                    for row in 0..TILE_ROWS {
+                        let c = codes!(packed[row], mask, $g);
+                        narrow[row] = _mm256_add_epi16(narrow[row], _mm256_maddubs_epi16(c, a));
+                        narrow[TILE_ROWS + row] =
+                            _mm256_add_epi16(narrow[TILE_ROWS + row], _mm256_maddubs_epi16(c, b));
+                    }
+                }};
+            }
+            group!(0);
+            group!(1);
+            group!(2);
+            group!(3);
+            chunk += 1;
+        }
+        for (wide, narrow) in wide.iter_mut().zip(narrow) {
+            *wide = _mm256_add_epi32(*wide, _mm256_madd_epi16(narrow, ones));
+        }
+    }
+    wide.map(|v| hsum_i32(v))
+}
+
+#[target_feature(enable = "avx2")]
+fn hsum_i32(v: __m256i) -> i32 {
+    let quad = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let pair = _mm_add_epi32(quad, _mm_unpackhi_epi64(quad, quad));
+    _mm_cvtsi128_si32(_mm_add_epi32(pair, _mm_shuffle_epi32::<1>(pair)))
+}
+
+#[target_feature(enable = "avx")]
+fn hsum_f32(v: __m256) -> f32 {
+    let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
+}
+
+fn f16_dot(w: &[u16], x: &[f32]) -> f32 {
+    assert_eq!(w.len(), x.len(), "f16 dot of unequal lengths");
+    // SAFETY: installed only after detecting AVX2, FMA and F16C; lengths checked above.
+    unsafe { f16_dot_f16c(w, x) }
+}
+
+/// # Safety
+/// F16C, FMA and AVX; `w.len() == x.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_dot_f16c(w: &[u16], x: &[f32]) -> f32 {
+    let n = w.len();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (u, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 8u + 8 <= n for both slices.
+            let (wv, xv) = unsafe {
+                (
+                    _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(i + 8 * u) as *const __m128i)),
+                    _mm256_loadu_ps(x.as_ptr().add(i + 8 * u)),
+                )
+            };
+            *acc = _mm256_fmadd_ps(wv, xv, *acc);
+        }
+        i += 32;
+    }
+    let mut sum = hsum_f32(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ));
+    sum += crate::scalar::f16_dot(&w[i..], &x[i..]);
+    sum
+}
+
+fn f32_dot(w: &[f32], x: &[f32]) -> f32 {
+    assert_eq!(w.len(), x.len(), "f32 dot of unequal lengths");
+    // SAFETY: installed only after detecting AVX2 and FMA; lengths checked above.
+    unsafe { f32_dot_fma(w, x) }
+}
+
+/// # Safety
+/// FMA and AVX; `w.len() == x.len()`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn f32_dot_fma(w: &[f32], x: &[f32]) -> f32 {
+    let n = w.len();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (u, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 8u + 8 <= n for both slices.
+            let (wv, xv) = unsafe {
+                (
+                    _mm256_loadu_ps(w.as_ptr().add(i + 8 * u)),
+                    _mm256_loadu_ps(x.as_ptr().add(i + 8 * u)),
+                )
+            };
+            *acc = _mm256_fmadd_ps(wv, xv, *acc);
+        }
+        i += 32;
+    }
+    let mut sum = hsum_f32(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ));
+    sum += crate::scalar::f32_dot(&w[i..], &x[i..]);
+    sum
+}
+
+fn q8_dot(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32]) -> f32 {
+    let blocks = w.len() / 32;
+    assert!(
+        w.len().is_multiple_of(32)
+            && x.len() == w.len()
+            && w_scales.len() >= blocks
+            && x_scales.len() >= blocks,
+        "q8 dot arguments disagree in length"
+    );
+    // SAFETY: installed only after detecting AVX2; lengths checked above.
+    unsafe { q8_dot_avx2(w, w_scales, x, x_scales) }
+}
+
+/// Activations must be in -127..=127 (the output layer quantises them so): `vpsignb` cannot
+/// negate -128. Then |w|·x pairs are at most 2·127·127 = 32258 and `vpmaddubsw` never saturates.
+///
+/// # Safety
+/// AVX2; `w.len() == x.len()` a multiple of 32, one scale per 32-block in each scale slice.
+#[target_feature(enable = "avx2")]
+unsafe fn q8_dot_avx2(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32]) -> f32 {
+    let blocks = w.len() / 32;
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    let groups = blocks / 8;
+    for group in 0..groups {
+        let mut sums = [_mm256_setzero_si256(); 8];
+        for (b, sum) in sums.iter_mut().enumerate() {
+            let offset = (group * 8 + b) * 32;
+            // SAFETY: block group*8+b < blocks, so its 32 values are in bounds.
+            let (wv, xv) = unsafe {
+                (
+                    _mm256_loadu_si256(w.as_ptr().add(offset) as *const __m256i),
+                    _mm256_loadu_si256(x.as_ptr().add(offset) as *const __m256i),
+                )
+            };
+            let products = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+            *sum = _mm256_madd_epi16(products, ones);
+        }
+        let t0 = _mm256_hadd_epi32(
+            _mm256_hadd_epi32(sums[0], sums[1]),
+            _mm256_hadd_epi32(sums[2], sums[3]),
+        );
+        let t1 = _mm256_hadd_epi32(
+            _mm256_hadd_epi32(sums[4], sums[5]),
+            _mm256_hadd_epi32(sums[6], sums[7]),
+        );
+        let dots = _mm256_add_epi32(
+            _mm256_permute2x128_si256::<0x20>(t0, t1),
+            _mm256_permute2x128_si256::<0x31>(t0, t1),
+        );
+        // SAFETY: 8 scales from group*8 < blocks are in bounds (blocks >= (group+1)*8).
+        let scales = unsafe {
+            _mm256_mul_ps(
+                _mm256_loadu_ps(w_scales.as_ptr().add(group * 8)),
+                _mm256_loadu_ps(x_scales.as_ptr().add(group * 8)),
+            )
+        };
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(dots), scales));
+    }
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` is 8 floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+    for block in groups * 8..blocks {
+        let (wb, xb) = (
+            &w[block * 32..block * 32 + 32],
+            &x[block * 32..block * 32 + 32],
+        );
+        let dot: i32 = wb
+            .iter()
+            .zip(xb)
+            .map(|(&w, &x)| i32::from(w) * i32::from(x))
+            .sum();
+        lanes[block % 8] += dot as f32 * (w_scales[block] * x_scales[block]);
+    }
+    reduce_lanes(lanes)
+}
