@@ -31,7 +31,7 @@ const MAX_DIMS: u32 = 4;
 /// Why a GGUF file could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot read or write {path}: {source}")]
     Io {
         path: String,
         #[source]
@@ -815,8 +815,8 @@ impl GgufWriter {
         }
     }
 
-    /// The complete file image.
-    pub fn to_bytes(&self) -> Result<Vec<u8>, GgufError> {
+    /// Header, metadata and tensor infos, padded to the start of the data section.
+    fn header_bytes(&self) -> Result<(Vec<u8>, u64), GgufError> {
         let alignment = self.alignment()?;
         let mut out = Vec::new();
         out.extend_from_slice(&GGUF_MAGIC);
@@ -840,22 +840,48 @@ impl GgufWriter {
             offset = align_up(offset + info.size, alignment);
         }
         out.resize(align_up(out.len() as u64, alignment) as usize, 0);
+        Ok((out, alignment))
+    }
+
+    /// Streams the image: header, then each tensor padded to the alignment.
+    fn write_image(&self, out: &mut impl Write) -> std::io::Result<Result<(), GgufError>> {
+        let (header, alignment) = match self.header_bytes() {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e)),
+        };
+        out.write_all(&header)?;
+        let padding = [0u8; 256];
         for (_, data) in &self.tensors {
-            out.extend_from_slice(data);
-            out.resize(align_up(out.len() as u64, alignment) as usize, 0);
+            out.write_all(data)?;
+            let pad = align_up(data.len() as u64, alignment) - data.len() as u64;
+            let mut pad = pad as usize;
+            while pad > 0 {
+                let n = pad.min(padding.len());
+                out.write_all(&padding[..n])?;
+                pad -= n;
+            }
         }
+        Ok(Ok(()))
+    }
+
+    /// The complete file image.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, GgufError> {
+        let mut out = Vec::new();
+        self.write_image(&mut out)
+            .expect("writing to a Vec cannot fail")?;
         Ok(out)
     }
 
-    /// Writes the image to `path`.
+    /// Writes the image to `path` without building it in memory first.
     pub fn write_to(&self, path: &Path) -> Result<(), GgufError> {
-        let bytes = self.to_bytes()?;
         let io_error = |source| GgufError::Io {
             path: path.display().to_string(),
             source,
         };
-        let mut file = File::create(path).map_err(io_error)?;
-        file.write_all(&bytes).map_err(io_error)?;
+        let file = File::create(path).map_err(io_error)?;
+        let mut out = std::io::BufWriter::new(file);
+        self.write_image(&mut out).map_err(io_error)??;
+        let file = out.into_inner().map_err(|e| io_error(e.into_error()))?;
         file.sync_all().map_err(io_error)
     }
 }
