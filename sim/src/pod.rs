@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Context, Result};
@@ -190,22 +191,27 @@ fn pump(
 }
 
 fn serve_light_pod(spec: &PodSpec, stream: &str) -> Result<()> {
-    let listener = TcpListener::bind(("127.0.0.1", spec.port))
-        .context(|| format!("binding 127.0.0.1:{}", spec.port))?;
-    logs::append(
-        &spec.log_path,
-        stream,
-        &format!("listening on 127.0.0.1:{}", spec.port),
-    );
+    let (path, stream) = (spec.log_path.clone(), stream.to_string());
+    serve_light(
+        spec.port,
+        &spec.release,
+        Arc::new(move |line: &str| logs::append(&path, &stream, line)),
+    )
+}
+
+/// Where the light pod's request lines go: the app log (under a supervisor) or stdout (alone).
+pub type LineSink = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// The light pod: `GET /health` → 200 `{"status":"ok","release":…}`, any other path → 200 JSON.
+pub fn serve_light(port: u16, release: &str, sink: LineSink) -> Result<()> {
+    let listener =
+        TcpListener::bind(("127.0.0.1", port)).context(|| format!("binding 127.0.0.1:{port}"))?;
+    sink(&format!("listening on 127.0.0.1:{port}"));
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
-        let (path, stream, release) = (
-            spec.log_path.clone(),
-            stream.to_string(),
-            spec.release.clone(),
-        );
+        let (sink, release) = (Arc::clone(&sink), release.to_string());
         std::thread::spawn(move || {
-            let _ = answer_light_request(conn, &path, &stream, &release);
+            let _ = answer_light_request(conn, &sink, &release);
         });
     }
     Ok(())
@@ -239,12 +245,7 @@ pub fn write_response(conn: &mut TcpStream, status: &str, body: &str) {
     let _ = conn.flush();
 }
 
-fn answer_light_request(
-    mut conn: TcpStream,
-    log: &std::path::Path,
-    stream: &str,
-    release: &str,
-) -> Option<()> {
+fn answer_light_request(mut conn: TcpStream, sink: &LineSink, release: &str) -> Option<()> {
     let (method, path, _) = read_request_head(&mut conn)?;
     let body = if path == "/health" || path.starts_with("/health?") {
         format!("{{\"status\":\"ok\",\"release\":\"{release}\"}}")
@@ -255,7 +256,7 @@ fn answer_light_request(
         )
     };
     write_response(&mut conn, "200 OK", &body);
-    logs::append(log, stream, &format!("{method} {path} 200"));
+    sink(&format!("{method} {path} 200"));
     Some(())
 }
 

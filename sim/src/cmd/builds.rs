@@ -201,6 +201,7 @@ fn create_build(ctx: &Ctx, rack: &str, app: &str, p: &Parsed) -> Result<(String,
     })?;
     ctx.out.ok();
 
+    let digest = image::digest(&image_bytes);
     let manifest_name = p.value("manifest").unwrap_or("convox.yml");
     let mut log = BuildLog::new(ctx.out);
     log.line("Authenticating 127.0.0.1:5000: Login Succeeded");
@@ -251,6 +252,11 @@ fn create_build(ctx: &Ctx, rack: &str, app: &str, p: &Parsed) -> Result<(String,
             "Running: docker push 127.0.0.1:5000/{app}:{}.{build_id}",
             service.name
         ));
+        log.line(&format!(
+            "{}.{build_id}: digest: {digest} size: {}",
+            service.name,
+            image_bytes.len()
+        ));
     }
     if manifest.services.is_empty() && fail_armed {
         log.line("ERROR: failed to solve: build-fail fault injected");
@@ -259,7 +265,6 @@ fn create_build(ctx: &Ctx, rack: &str, app: &str, p: &Parsed) -> Result<(String,
     // The real CLI notices completion on its 1 s build poll.
     std::thread::sleep(ctx.scaled(1.0));
 
-    let digest = image::digest(&image_bytes);
     crate::state::write_atomically(&ctx.home.image_path(rack, &build_id), &image_bytes)?;
     let release_id = state::new_release_id();
     ctx.home.update(rack, |s| {
@@ -513,7 +518,13 @@ fn import_build(
             ended_ms: now,
             digest: meta.digest.clone(),
             manifest: meta.manifest.clone(),
-            logs: String::new(),
+            logs: format!(
+                "Importing build {} of app {}\nImported image: digest: {} size: {}\n",
+                meta.build,
+                meta.app,
+                meta.digest,
+                image_bytes.len()
+            ),
             reason: String::new(),
         });
         app_state.releases.push(Release {

@@ -43,6 +43,7 @@ pub fn commands() -> Vec<Command> {
         Command { words: &["sim", "fault", "list"], usage: "", description: "stand-in: list armed faults", flags: &[], args: ArgRule::Exactly(0), rack: false, app: false, hidden: false, run: fault_list },
         Command { words: &["sim", "down"], usage: "", description: "stand-in: stop every pod and router of this CONVOX_SIM_HOME", flags: &[], args: ArgRule::Exactly(0), rack: false, app: false, hidden: false, run: down },
         Command { words: &["sim", "pod"], usage: "", description: "stand-in: pod supervisor", flags: POD_FLAGS, args: ArgRule::Any, rack: false, app: false, hidden: true, run: pod },
+        Command { words: &["sim", "light-pod"], usage: "", description: "stand-in: the built-in HTTP pod on $PORT", flags: &[], args: ArgRule::Exactly(0), rack: false, app: false, hidden: true, run: light_pod },
         Command { words: &["sim", "router"], usage: "", description: "stand-in: service router", flags: ROUTER_FLAGS, args: ArgRule::Exactly(0), rack: false, app: false, hidden: true, run: router },
     ]
 }
@@ -131,7 +132,7 @@ fn fault_list(ctx: &mut Ctx, _p: &Parsed) -> Result<()> {
 }
 
 fn down(ctx: &mut Ctx, _p: &Parsed) -> Result<()> {
-    let mut stopped = 0;
+    let mut victims = Vec::new();
     for rack in ctx.home.rack_names()? {
         let state = ctx.home.update(&rack, |s| {
             let before = s.clone();
@@ -149,19 +150,21 @@ fn down(ctx: &mut Ctx, _p: &Parsed) -> Result<()> {
         for app in state.apps.values() {
             for pod in &app.pods {
                 if procs::is_ours(pod.pid, &pod.id) {
-                    procs::stop_group(pod.pid, Duration::from_secs(2));
-                    stopped += 1;
+                    victims.push(pod.pid);
                 }
             }
             for router in app.routers.values() {
                 if procs::is_ours(router.pid, &router.port.to_string()) {
-                    procs::stop_group(router.pid, Duration::from_secs(2));
-                    stopped += 1;
+                    victims.push(router.pid);
                 }
             }
         }
     }
-    ctx.out.start(&format!("Stopped {stopped} processes"));
+    ctx.out
+        .start(&format!("Stopping {} processes", victims.len()));
+    for pid in victims {
+        procs::stop_group(pid, Duration::from_secs(2));
+    }
     ctx.out.ok();
     Ok(())
 }
@@ -205,4 +208,25 @@ fn router(ctx: &mut Ctx, p: &Parsed) -> Result<()> {
         service: required(p, "service")?.to_string(),
         port: port_flag(p)?,
     })
+}
+
+/// The light pod run as a program of its own (e.g. from a script in `$CONVOX_SIM_HOME/bin`):
+/// request lines go to stdout, where a pod supervisor picks them up.
+fn light_pod(_ctx: &mut Ctx, _p: &Parsed) -> Result<()> {
+    let port_text = std::env::var("PORT").unwrap_or_default();
+    let port: u16 = port_text.parse().map_err(|_| {
+        crate::fail!(
+            "PORT={port_text:?} is not a port number: run this inside a pod, which sets PORT"
+        )
+    })?;
+    let release = std::env::var("RELEASE").unwrap_or_default();
+    crate::pod::serve_light(
+        port,
+        &release,
+        std::sync::Arc::new(|line: &str| {
+            let mut out = std::io::stdout().lock();
+            let _ = std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes());
+            let _ = std::io::Write::flush(&mut out);
+        }),
+    )
 }
