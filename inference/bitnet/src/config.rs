@@ -138,7 +138,10 @@ impl ModelConfig {
 
     /// Reads the hyper-parameters; `vocab_fallback` is used when the file has neither
     /// `<arch>.vocab_size` nor a token list (the embedding's row count).
-    pub fn from_gguf(header: &GgufHeader, vocab_fallback: Option<usize>) -> Result<Self, ConfigError> {
+    pub fn from_gguf(
+        header: &GgufHeader,
+        vocab_fallback: Option<usize>,
+    ) -> Result<Self, ConfigError> {
         let arch_name = header
             .get("general.architecture")
             .ok_or(ConfigError::MissingArchitecture)?;
@@ -159,7 +162,9 @@ impl ModelConfig {
         let layers = keys.required_usize("block_count")?;
         let hidden = keys.required_usize("embedding_length")?;
         let heads = keys.required_usize("attention.head_count")?;
-        let kv_heads = keys.optional_usize("attention.head_count_kv")?.unwrap_or(heads);
+        let kv_heads = keys
+            .optional_usize("attention.head_count_kv")?
+            .unwrap_or(heads);
         let ffn = keys.required_usize("feed_forward_length")?;
         let context_length = keys.required_usize("context_length")?;
         if heads == 0 || hidden % heads != 0 {

@@ -17,9 +17,17 @@ pub enum ForwardError {
     #[error("batch entry {index}: slot {slot} is not an allocated slot of this cache")]
     UnknownSlot { index: usize, slot: usize },
     #[error("batch entry {index}: token id {token} is outside the vocabulary of {vocab} tokens")]
-    TokenOutOfRange { index: usize, token: u32, vocab: usize },
+    TokenOutOfRange {
+        index: usize,
+        token: u32,
+        vocab: usize,
+    },
     #[error("batch entry {index}: position {pos} is beyond the cache's {max} positions per slot; start a new sequence or allocate a larger cache")]
-    PositionOutOfRange { index: usize, pos: usize, max: usize },
+    PositionOutOfRange {
+        index: usize,
+        pos: usize,
+        max: usize,
+    },
     #[error("batch entry {index}: slot {slot} has {cached} cached positions, so the next position must be at most {cached} and follow the slot's previous entry in this batch, but it is {pos}")]
     PositionGap {
         index: usize,
@@ -134,7 +142,9 @@ impl KvCache {
 
     /// Start of head `kv_head`'s run of positions for `slot` and `layer`.
     fn head_base(&self, slot: usize, layer: usize, kv_head: usize) -> usize {
-        ((slot * self.layers + layer) * self.kv_heads + kv_head) * self.max_positions * self.head_dim
+        ((slot * self.layers + layer) * self.kv_heads + kv_head)
+            * self.max_positions
+            * self.head_dim
     }
 }
 
@@ -243,7 +253,12 @@ impl Model {
 
         for (layer_index, layer) in self.layers.iter().enumerate() {
             // Attention block.
-            rms_norm(&s.hidden, &layer.attn_norm, c.rms_eps, &mut s.normed[..n * h]);
+            rms_norm(
+                &s.hidden,
+                &layer.attn_norm,
+                c.rms_eps,
+                &mut s.normed[..n * h],
+            );
             let acts = quantize(&mut s.acts, &s.normed[..n * h], h);
             self.project(&layer.attn_q, acts, &mut s.q)?;
             self.project(&layer.attn_k, acts, &mut s.k)?;
@@ -266,7 +281,12 @@ impl Model {
                 }
             }
             self.attention(cache, layer_index, batch, &s.q, &mut s.attn, &mut s.workers);
-            rms_norm(&s.attn, &layer.attn_sub_norm, c.rms_eps, &mut s.normed[..n * qd]);
+            rms_norm(
+                &s.attn,
+                &layer.attn_sub_norm,
+                c.rms_eps,
+                &mut s.normed[..n * qd],
+            );
             let acts = quantize(&mut s.acts, &s.normed[..n * qd], qd);
             self.project(&layer.attn_output, acts, &mut s.proj)?;
             for (hv, p) in s.hidden.iter_mut().zip(&s.proj) {
@@ -274,14 +294,24 @@ impl Model {
             }
 
             // Feed-forward block.
-            rms_norm(&s.hidden, &layer.ffn_norm, c.rms_eps, &mut s.normed[..n * h]);
+            rms_norm(
+                &s.hidden,
+                &layer.ffn_norm,
+                c.rms_eps,
+                &mut s.normed[..n * h],
+            );
             let acts = quantize(&mut s.acts, &s.normed[..n * h], h);
             self.project(&layer.ffn_gate, acts, &mut s.gate)?;
             self.project(&layer.ffn_up, acts, &mut s.up)?;
             for (g, u) in s.gate.iter_mut().zip(&s.up) {
                 *g = c.activation.apply(*g) * u;
             }
-            rms_norm(&s.gate, &layer.ffn_sub_norm, c.rms_eps, &mut s.normed[..n * f]);
+            rms_norm(
+                &s.gate,
+                &layer.ffn_sub_norm,
+                c.rms_eps,
+                &mut s.normed[..n * f],
+            );
             let acts = quantize(&mut s.acts, &s.normed[..n * f], f);
             self.project(&layer.ffn_down, acts, &mut s.proj)?;
             for (hv, p) in s.hidden.iter_mut().zip(&s.proj) {
@@ -312,7 +342,7 @@ impl Model {
         resize(&mut s.logits, wanted * c.vocab_size);
         if wanted > 0 {
             self.output_matrix()
-                .matmul(&s.logit_rows, wanted, &mut s.logits, &self.pool);
+                .try_matmul(&s.logit_rows, wanted, &mut s.logits, &self.pool)?;
         }
         Ok(&s.logits)
     }
@@ -453,7 +483,9 @@ impl Model {
         // Items are token-major, head-minor, so a worker's range is one contiguous run of `attn`.
         for (worker, slot) in workers_ref.iter().enumerate().take(threads) {
             let (start, end) = range_of(worker);
-            let ws = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let ws = slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             attn[start * hd..end * hd].copy_from_slice(&ws.out[..(end - start) * hd]);
         }
     }

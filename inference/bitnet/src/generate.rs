@@ -86,19 +86,23 @@ impl SyntheticShape {
         if self.layers == 0 || self.heads == 0 || self.kv_heads == 0 || self.context_length == 0 {
             return bad("layers, heads, kv_heads and context_length must be positive".into());
         }
-        if self.hidden % self.heads != 0 || self.heads % self.kv_heads != 0 {
+        if !self.hidden.is_multiple_of(self.heads) || !self.heads.is_multiple_of(self.kv_heads) {
             return bad(format!(
                 "hidden {} must be a multiple of heads {}, and heads of kv_heads {}",
                 self.hidden, self.heads, self.kv_heads
             ));
         }
-        if self.hidden == 0 || self.hidden % 256 != 0 || self.ffn == 0 || self.ffn % 256 != 0 {
+        if self.hidden == 0
+            || !self.hidden.is_multiple_of(256)
+            || self.ffn == 0
+            || !self.ffn.is_multiple_of(256)
+        {
             return bad(format!(
                 "hidden {} and ffn {} must be positive multiples of 256 (TQ block size)",
                 self.hidden, self.ffn
             ));
         }
-        if (self.hidden / self.heads) % 2 != 0 {
+        if !(self.hidden / self.heads).is_multiple_of(2) {
             return bad("the head size must be even for RoPE".into());
         }
         Ok(())
@@ -231,7 +235,10 @@ impl SyntheticModel {
             )
             .set("tokenizer.ggml.model", MetadataValue::String("gpt2".into()));
         if self.pre_tokenizer {
-            w.set("tokenizer.ggml.pre", MetadataValue::String("llama-bpe".into()));
+            w.set(
+                "tokenizer.ggml.pre",
+                MetadataValue::String("llama-bpe".into()),
+            );
         }
         w.set(
             "tokenizer.ggml.tokens",
@@ -245,9 +252,18 @@ impl SyntheticModel {
             "tokenizer.ggml.merges",
             MetadataValue::Array(ArrayValue::strings(vocab.merges.iter().cloned())),
         )
-        .set("tokenizer.ggml.bos_token_id", MetadataValue::U32(vocab.bos_id))
-        .set("tokenizer.ggml.eos_token_id", MetadataValue::U32(vocab.eos_id))
-        .set("tokenizer.ggml.eot_token_id", MetadataValue::U32(vocab.eot_id))
+        .set(
+            "tokenizer.ggml.bos_token_id",
+            MetadataValue::U32(vocab.bos_id),
+        )
+        .set(
+            "tokenizer.ggml.eos_token_id",
+            MetadataValue::U32(vocab.eos_id),
+        )
+        .set(
+            "tokenizer.ggml.eot_token_id",
+            MetadataValue::U32(vocab.eot_id),
+        )
         .set("tokenizer.ggml.add_bos_token", MetadataValue::Bool(true))
         .set(
             "tokenizer.chat_template",
@@ -386,21 +402,36 @@ mod tests {
     fn tiny_model_has_every_tensor_and_tokenizer_key() {
         let model = SyntheticModel::tiny(WeightFormat::Tq2_0, 7);
         let file = GgufFile::from_bytes(model.to_writer().unwrap().to_bytes().unwrap()).unwrap();
-        assert_eq!(file.get("general.architecture").unwrap().as_str(), Some("bitnet"));
+        assert_eq!(
+            file.get("general.architecture").unwrap().as_str(),
+            Some("bitnet")
+        );
         assert_eq!(file.tensors().len(), 2 + 2 * 11);
-        let tokens = file.get("tokenizer.ggml.tokens").unwrap().as_array().unwrap();
+        let tokens = file
+            .get("tokenizer.ggml.tokens")
+            .unwrap()
+            .as_array()
+            .unwrap();
         assert_eq!(tokens.len(), 256 + MERGE_COUNT + 3);
         let embd = file.tensor(names::TOKEN_EMBD).unwrap();
         assert_eq!(embd.dims, vec![256, tokens.len() as u64]);
         let k = file.tensor("blk.1.attn_k.weight").unwrap();
-        assert_eq!((k.dims.clone(), k.ggml_type), (vec![256, 128], GgmlType::TQ2_0));
+        assert_eq!(
+            (k.dims.clone(), k.ggml_type),
+            (vec![256, 128], GgmlType::TQ2_0)
+        );
     }
 
     #[test]
     fn bad_shapes_are_refused() {
         let mut model = SyntheticModel::tiny(WeightFormat::I2S, 1);
         model.shape.hidden = 200;
-        assert!(model.to_writer().err().unwrap().to_string().contains("multiple"));
+        assert!(model
+            .to_writer()
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("multiple"));
         let mut model = SyntheticModel::tiny(WeightFormat::I2S, 1);
         model.scale_tensors = true;
         assert!(model.to_writer().is_err());

@@ -164,7 +164,7 @@ impl GgmlType {
     pub fn tensor_bytes(self, dims: &[u64]) -> Option<u64> {
         let elements = element_count(dims)?;
         let (block, block_bytes) = self.block();
-        if dims[0] % block != 0 {
+        if !dims[0].is_multiple_of(block) {
             return None;
         }
         let packed = (elements / block).checked_mul(block_bytes)?;

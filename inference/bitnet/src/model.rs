@@ -98,9 +98,9 @@ impl<'f> TensorSource<'f> {
             .map(|&rows| rows as usize);
         let config = ModelConfig::from_gguf(file.header(), embedding_rows)?;
         let first = names::layer(0, names::PROJECTIONS[0]);
-        let info = file
-            .tensor(&first)
-            .ok_or(LoadError::MissingTensor { tensor: first.clone() })?;
+        let info = file.tensor(&first).ok_or(LoadError::MissingTensor {
+            tensor: first.clone(),
+        })?;
         let format = match info.ggml_type {
             GgmlType::I2S => WeightFormat::I2S,
             GgmlType::TQ2_0 => WeightFormat::Tq2_0,
@@ -314,18 +314,19 @@ impl Model {
     pub fn from_gguf(file: &GgufFile, options: LoadOptions) -> Result<Model, LoadError> {
         let source = TensorSource::new(file)?;
         let config = source.config.clone();
-        let projection = |layer: usize, part: &str| -> Result<Projection, LoadError> {
-            let t = source.projection(layer, part)?;
-            let matrix = TernaryMatrix::from_gguf(source.format, t.bytes, t.rows, t.cols)
-                .map_err(|e| LoadError::Format {
-                    tensor: t.name.clone(),
-                    source: e,
-                })?;
-            Ok(Projection {
-                matrix,
-                extra_scale: t.extra_scale.unwrap_or(1.0),
-            })
-        };
+        let projection =
+            |layer: usize, part: &str| -> Result<Projection, LoadError> {
+                let t = source.projection(layer, part)?;
+                let matrix = TernaryMatrix::from_gguf(source.format, t.bytes, t.rows, t.cols)
+                    .map_err(|e| LoadError::Format {
+                        tensor: t.name.clone(),
+                        source: e,
+                    })?;
+                Ok(Projection {
+                    matrix,
+                    extra_scale: t.extra_scale.unwrap_or(1.0),
+                })
+            };
         let mut layers = Vec::with_capacity(config.layers);
         for l in 0..config.layers {
             layers.push(Layer {
@@ -443,7 +444,12 @@ impl Model {
             .iter()
             .flat_map(|l| {
                 [
-                    &l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up,
+                    &l.attn_q,
+                    &l.attn_k,
+                    &l.attn_v,
+                    &l.attn_output,
+                    &l.ffn_gate,
+                    &l.ffn_up,
                     &l.ffn_down,
                 ]
             })

@@ -69,12 +69,13 @@ impl ReferenceModel {
             let mut projections = Vec::with_capacity(7);
             for part in names::PROJECTIONS {
                 let t = source.projection(l, part)?;
-                let decoded = ternary::decode(source.format, t.bytes, t.rows, t.cols).map_err(
-                    |e| LoadError::Format {
-                        tensor: t.name.clone(),
-                        source: e,
-                    },
-                )?;
+                let decoded =
+                    ternary::decode(source.format, t.bytes, t.rows, t.cols).map_err(|e| {
+                        LoadError::Format {
+                            tensor: t.name.clone(),
+                            source: e,
+                        }
+                    })?;
                 let extra = t.extra_scale.unwrap_or(1.0);
                 let values = decoded
                     .values
@@ -216,8 +217,7 @@ impl ReferenceSession<'_> {
                 let scores: Vec<f32> = (0..=pos)
                     .map(|t| {
                         let key = &self.keys[l][t * kvd + kv * hd..][..hd];
-                        query.iter().zip(key).map(|(a, b)| a * b).sum::<f32>()
-                            / (hd as f32).sqrt()
+                        query.iter().zip(key).map(|(a, b)| a * b).sum::<f32>() / (hd as f32).sqrt()
                     })
                     .collect();
                 let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));

@@ -68,7 +68,12 @@ fn optimised_pass_matches_the_f32_reference_in_every_layout() {
         let reference = ReferenceModel::from_gguf(&file).unwrap();
         let mut session = Session::new(&model, GREEDY_STEPS + 1).unwrap();
         let mut ref_session = reference.session();
-        let mut token = model.gguf().get("tokenizer.ggml.bos_token_id").unwrap().as_u64().unwrap() as u32;
+        let mut token = model
+            .gguf()
+            .get("tokenizer.ggml.bos_token_id")
+            .unwrap()
+            .as_u64()
+            .unwrap() as u32;
         let mut relative_diffs = Vec::new();
         for step in 0..GREEDY_STEPS {
             let fast = session.feed(&[token]).unwrap().to_vec();
@@ -117,13 +122,21 @@ fn the_same_weights_in_i2s_tq2_and_tq1_give_the_same_tokens() {
     assert_eq!(runs[0], runs[1], "I2_S and TQ2_0 disagree");
     assert_eq!(runs[0], runs[2], "I2_S and TQ1_0 disagree");
     let distinct: std::collections::HashSet<_> = runs[0].iter().collect();
-    assert!(distinct.len() > 3, "a degenerate model would make this test meaningless: {:?}", runs[0]);
+    assert!(
+        distinct.len() > 3,
+        "a degenerate model would make this test meaningless: {:?}",
+        runs[0]
+    );
 }
 
 #[test]
 fn batched_decode_of_three_sequences_equals_each_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), &SyntheticModel::tiny(WeightFormat::I2S, 5), "m.gguf");
+    let path = write(
+        dir.path(),
+        &SyntheticModel::tiny(WeightFormat::I2S, 5),
+        "m.gguf",
+    );
     let model = Model::load(&path, options(2)).unwrap();
     let prompts: [&[u32]; 3] = [&[1, 2, 3, 4], &[400, 7], &[9, 9, 9, 100, 200, 300, 8]];
     let steps = 12;
@@ -137,7 +150,12 @@ fn batched_decode_of_three_sequences_equals_each_alone() {
     let mut batch = Vec::new();
     for (slot, prompt) in slots.iter().zip(prompts) {
         for (pos, &token) in prompt.iter().enumerate() {
-            batch.push(BatchToken { slot: *slot, token, pos, logits: pos + 1 == prompt.len() });
+            batch.push(BatchToken {
+                slot: *slot,
+                token,
+                pos,
+                logits: pos + 1 == prompt.len(),
+            });
         }
     }
     let logits = model.forward(&mut cache, &mut scratch, &batch).unwrap();
@@ -149,7 +167,12 @@ fn batched_decode_of_three_sequences_equals_each_alone() {
         let batch: Vec<BatchToken> = slots
             .iter()
             .zip(&last)
-            .map(|(&slot, &token)| BatchToken { slot, token, pos: cache.len(slot), logits: true })
+            .map(|(&slot, &token)| BatchToken {
+                slot,
+                token,
+                pos: cache.len(slot),
+                logits: true,
+            })
             .collect();
         let logits = model.forward(&mut cache, &mut scratch, &batch).unwrap();
         last = logits.chunks(vocab).map(argmax).collect();
@@ -166,7 +189,12 @@ fn batched_decode_of_three_sequences_equals_each_alone() {
     let batch: Vec<BatchToken> = prompts[1]
         .iter()
         .enumerate()
-        .map(|(pos, &token)| BatchToken { slot: again, token, pos, logits: pos + 1 == prompts[1].len() })
+        .map(|(pos, &token)| BatchToken {
+            slot: again,
+            token,
+            pos,
+            logits: pos + 1 == prompts[1].len(),
+        })
         .collect();
     let logits = model.forward(&mut cache, &mut scratch, &batch).unwrap();
     assert_eq!(argmax(logits), alone[1][0]);
@@ -175,7 +203,11 @@ fn batched_decode_of_three_sequences_equals_each_alone() {
 #[test]
 fn prefill_in_one_batch_equals_token_by_token() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), &SyntheticModel::tiny(WeightFormat::Tq2_0, 8), "m.gguf");
+    let path = write(
+        dir.path(),
+        &SyntheticModel::tiny(WeightFormat::Tq2_0, 8),
+        "m.gguf",
+    );
     let model = Model::load(&path, options(2)).unwrap();
     let prompt = [10u32, 20, 30, 40, 50, 60, 70, 80, 90];
     let mut batched = Session::new(&model, 16).unwrap();
@@ -185,7 +217,11 @@ fn prefill_in_one_batch_equals_token_by_token() {
     for &t in &prompt {
         one_by_one = single.feed(&[t]).unwrap().to_vec();
     }
-    let diff = at_once.iter().zip(&one_by_one).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    let diff = at_once
+        .iter()
+        .zip(&one_by_one)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
     assert!(diff < 1e-3, "prefill differs from step-by-step by {diff}");
     assert_eq!(batched.position(), prompt.len());
 }
@@ -193,33 +229,85 @@ fn prefill_in_one_batch_equals_token_by_token() {
 #[test]
 fn invalid_batches_are_refused_with_the_entry_named() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), &SyntheticModel::tiny(WeightFormat::I2S, 2), "m.gguf");
+    let path = write(
+        dir.path(),
+        &SyntheticModel::tiny(WeightFormat::I2S, 2),
+        "m.gguf",
+    );
     let model = Model::load(&path, options(1)).unwrap();
     let mut cache = KvCache::new(&model, 2, 8).unwrap();
     let mut scratch = Scratch::new();
     let slot = cache.allocate().unwrap();
-    let t = |token, pos| BatchToken { slot, token, pos, logits: true };
+    let t = |token, pos| BatchToken {
+        slot,
+        token,
+        pos,
+        logits: true,
+    };
     let vocab = model.vocab_size() as u32;
-    let err = model.forward(&mut cache, &mut scratch, &[t(vocab, 0)]).unwrap_err();
-    assert!(matches!(err, ForwardError::TokenOutOfRange { index: 0, .. }), "{err}");
-    let err = model.forward(&mut cache, &mut scratch, &[t(1, 0), t(2, 2)]).unwrap_err();
-    assert!(matches!(err, ForwardError::PositionGap { index: 1, pos: 2, .. }), "{err}");
-    let err = model.forward(&mut cache, &mut scratch, &[t(1, 8)]).unwrap_err();
-    assert!(matches!(err, ForwardError::PositionOutOfRange { .. }), "{err}");
+    let err = model
+        .forward(&mut cache, &mut scratch, &[t(vocab, 0)])
+        .unwrap_err();
+    assert!(
+        matches!(err, ForwardError::TokenOutOfRange { index: 0, .. }),
+        "{err}"
+    );
+    let err = model
+        .forward(&mut cache, &mut scratch, &[t(1, 0), t(2, 2)])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ForwardError::PositionGap {
+                index: 1,
+                pos: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = model
+        .forward(&mut cache, &mut scratch, &[t(1, 8)])
+        .unwrap_err();
+    assert!(
+        matches!(err, ForwardError::PositionOutOfRange { .. }),
+        "{err}"
+    );
     let free_slot = cache.allocate().unwrap();
     cache.free(free_slot);
     let err = model
-        .forward(&mut cache, &mut scratch, &[BatchToken { slot: free_slot, token: 1, pos: 0, logits: true }])
+        .forward(
+            &mut cache,
+            &mut scratch,
+            &[BatchToken {
+                slot: free_slot,
+                token: 1,
+                pos: 0,
+                logits: true,
+            }],
+        )
         .unwrap_err();
     assert!(matches!(err, ForwardError::UnknownSlot { .. }), "{err}");
-    assert_eq!(cache.len(slot), 0, "refused batches must not advance the slot");
+    assert_eq!(
+        cache.len(slot),
+        0,
+        "refused batches must not advance the slot"
+    );
     assert!(KvCache::new(&model, 1, model.context_length() + 1).is_err());
 }
 
 #[test]
 fn metadata_is_exposed_and_the_activation_key_overrides_the_default() {
     let dir = tempfile::tempdir().unwrap();
-    let i2s = Model::load(&write(dir.path(), &SyntheticModel::tiny(WeightFormat::I2S, 1), "a.gguf"), options(1)).unwrap();
+    let i2s = Model::load(
+        &write(
+            dir.path(),
+            &SyntheticModel::tiny(WeightFormat::I2S, 1),
+            "a.gguf",
+        ),
+        options(1),
+    )
+    .unwrap();
     assert_eq!(i2s.architecture().as_str(), "bitnet-b1.58");
     assert_eq!(i2s.activation(), FfnActivation::Relu2);
     assert_eq!(i2s.context_length(), SyntheticShape::tiny().context_length);
@@ -234,8 +322,15 @@ fn metadata_is_exposed_and_the_activation_key_overrides_the_default() {
     assert_eq!(silu.activation(), FfnActivation::Silu);
 
     let int8 = Model::load(
-        &write(dir.path(), &SyntheticModel::tiny(WeightFormat::I2S, 1), "c.gguf"),
-        LoadOptions { int8_output: true, threads: 1 },
+        &write(
+            dir.path(),
+            &SyntheticModel::tiny(WeightFormat::I2S, 1),
+            "c.gguf",
+        ),
+        LoadOptions {
+            int8_output: true,
+            threads: 1,
+        },
     )
     .unwrap();
     assert!(int8.output_is_int8());
@@ -283,16 +378,27 @@ fn broken_models_are_refused_naming_the_tensor_or_key() {
             match replace {
                 Some((name, dims)) if name == t.name => {
                     let n: u64 = dims.iter().product();
-                    w.add_tensor(t.name.clone(), dims, t.ggml_type, vec![0; n as usize / 4 + 32]).unwrap()
+                    w.add_tensor(
+                        t.name.clone(),
+                        dims,
+                        t.ggml_type,
+                        vec![0; n as usize / 4 + 32],
+                    )
+                    .unwrap()
                 }
-                _ => w.add_tensor(t.name.clone(), &t.dims, t.ggml_type, data).unwrap(),
+                _ => w
+                    .add_tensor(t.name.clone(), &t.dims, t.ggml_type, data)
+                    .unwrap(),
             };
         }
         w.to_bytes().unwrap()
     };
 
     let err = load_bytes(rebuild("blk.1.ffn_up.weight", None)).unwrap_err();
-    assert_eq!(err.to_string(), "tensor \"blk.1.ffn_up.weight\" is missing; the file is incomplete or not a BitNet model");
+    assert_eq!(
+        err.to_string(),
+        "tensor \"blk.1.ffn_up.weight\" is missing; the file is incomplete or not a BitNet model"
+    );
 
     let err = load_bytes(rebuild("", Some(("blk.0.attn_k.weight", &[256, 256])))).unwrap_err();
     assert_eq!(
@@ -301,19 +407,32 @@ fn broken_models_are_refused_naming_the_tensor_or_key() {
     );
 
     let err = load_bytes(rewrite(&base, |w| {
-        w.set("general.architecture", MetadataValue::String("llama".into()));
+        w.set(
+            "general.architecture",
+            MetadataValue::String("llama".into()),
+        );
     }))
     .unwrap_err();
-    assert!(err.to_string().contains("\"llama\" is not supported"), "{err}");
+    assert!(
+        err.to_string().contains("\"llama\" is not supported"),
+        "{err}"
+    );
 
     let err = load_bytes(rewrite(&base, |w| {
         w.set("bitnet-b1.58.attention.head_count", MetadataValue::U32(3));
     }))
     .unwrap_err();
-    assert!(err.to_string().contains("bitnet-b1.58.attention.head_count"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("bitnet-b1.58.attention.head_count"),
+        "{err}"
+    );
 
     let err = load_bytes(rewrite(&base, |w| {
-        w.set("bitnet-b1.58.hidden_activation", MetadataValue::String("gelu".into()));
+        w.set(
+            "bitnet-b1.58.hidden_activation",
+            MetadataValue::String("gelu".into()),
+        );
     }))
     .unwrap_err();
     assert!(err.to_string().contains("hidden_activation"), "{err}");
@@ -321,7 +440,11 @@ fn broken_models_are_refused_naming_the_tensor_or_key() {
 
 #[test]
 fn truncated_or_damaged_model_files_never_panic() {
-    let bytes = SyntheticModel::tiny(WeightFormat::Tq1_0, 6).to_writer().unwrap().to_bytes().unwrap();
+    let bytes = SyntheticModel::tiny(WeightFormat::Tq1_0, 6)
+        .to_writer()
+        .unwrap()
+        .to_bytes()
+        .unwrap();
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut next = move || {
         state ^= state << 13;

@@ -54,7 +54,8 @@ pub fn byte_to_unicode() -> [char; 256] {
     let mut next_extra = 256u32;
     for (byte, slot) in table.iter_mut().enumerate() {
         let b = byte as u32;
-        let printable = (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let printable =
+            (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
         let code = if printable {
             b
         } else {
@@ -224,7 +225,10 @@ mod tests {
         let vocab = learn_vocab(300);
         assert_eq!(vocab.merges.len(), 300);
         assert_eq!(vocab.tokens.len(), 256 + 300 + 3);
-        assert!(vocab.tokens.iter().any(|t| t == "Ġthe"), "expected ' the' to be learned");
+        assert!(
+            vocab.tokens.iter().any(|t| t == "Ġthe"),
+            "expected ' the' to be learned"
+        );
         for merge in &vocab.merges {
             let (l, r) = merge.split_once(' ').unwrap();
             assert!(vocab.tokens.contains(&format!("{l}{r}")));
