@@ -1,0 +1,153 @@
+//! The command line: clap definitions only. Parsing does no I/O; `settings.rs` turns these
+//! into what commands take.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "acme-rollout",
+    version,
+    about = "Staged multi-region rollouts of the inference service over Convox racks",
+    long_about = "Builds the inference app once, ships the same build to every rack, promotes it wave by \
+wave (canary first), bakes each rack behind health and log gates, and rolls back on its own when a gate fails.",
+    after_help = "Examples:\n  acme-rollout plan\n  acme-rollout deploy --reason \"ship v42\"\n  acme-rollout deploy --output json --yes   # in CI\n  acme-rollout status\n  acme-rollout rollback --run 20261203T194501Z-1a2b"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The racks file.
+    #[arg(long, global = true, env = crate::env::ACME_RACKS, default_value = "racks.toml", value_name = "FILE")]
+    pub racks: PathBuf,
+    /// Human output on stderr, or one JSON object per line on stdout.
+    #[arg(long, global = true, value_enum, default_value_t = OutputMode::Human)]
+    pub output: OutputMode,
+    /// Never prompt (implied when stdin is not a terminal).
+    #[arg(long, short = 'y', global = true)]
+    pub yes: bool,
+    /// Why, recorded in the journal.
+    #[arg(long, global = true, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputMode {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build once, ship everywhere, promote wave by wave with bakes; roll back on a failed gate.
+    #[command(
+        after_help = "Examples:\n  acme-rollout deploy\n  acme-rollout deploy --only us-prod --bake 2m\n  acme-rollout deploy --dry-run\n  acme-rollout deploy --resume 20261203T194501Z-1a2b"
+    )]
+    Deploy(DeployArgs),
+    /// Show what a deploy would do, without changing anything.
+    #[command(
+        after_help = "Examples:\n  acme-rollout plan\n  acme-rollout plan --only eu --output json"
+    )]
+    Plan(PlanArgs),
+    /// Each rack's release, build, health, processes and what the journal says.
+    #[command(
+        after_help = "Examples:\n  acme-rollout status\n  acme-rollout status --output json"
+    )]
+    Status,
+    /// Put racks back on an earlier release.
+    #[command(
+        after_help = "Examples:\n  acme-rollout rollback apac\n  acme-rollout rollback --all\n  acme-rollout rollback us-prod --to RABCDEFGHIJ\n  acme-rollout rollback --run 20261203T194501Z-1a2b"
+    )]
+    Rollback(RollbackArgs),
+    /// Inspect or break the deploy lock.
+    #[command(subcommand)]
+    Lock(LockCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Deploy only to these racks (name, region, alias or unique part of a name); repeatable.
+    #[arg(long, value_name = "RACK")]
+    pub only: Vec<String>,
+    /// Bake every rack for this long instead of its configured duration (e.g. 90s, 5m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub bake: Option<std::time::Duration>,
+    /// Print the plan and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Continue an interrupted run from its journal.
+    #[arg(long, value_name = "RUN", conflicts_with_all = ["only", "bake", "dry_run"])]
+    pub resume: Option<String>,
+    /// When a later rack fails, keep racks promoted earlier in the run on the new release.
+    #[arg(long)]
+    pub no_rollback_promoted: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Plan only these racks; repeatable.
+    #[arg(long, value_name = "RACK")]
+    pub only: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The rack to roll back (name, region, alias or unique part of a name).
+    #[arg(value_name = "RACK", conflicts_with_all = ["all", "run"], required_unless_present_any = ["all", "run"])]
+    pub rack: Option<String>,
+    /// Every rack, in reverse wave order.
+    #[arg(long)]
+    pub all: bool,
+    /// The release to go back to (default: the one the rack ran before the last run).
+    #[arg(long, value_name = "RELEASE", conflicts_with = "run")]
+    pub to: Option<String>,
+    /// Put every rack a run touched back on the release it had before the run.
+    #[arg(long, value_name = "RUN")]
+    pub run: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockCommand {
+    /// Who holds the deploy lock.
+    Status,
+    /// Remove the lock (only with --force and a --reason; journaled).
+    Release {
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 90s, 5m, 1h 30m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn rollback_needs_a_target() {
+        assert!(Cli::try_parse_from(["acme-rollout", "rollback"]).is_err());
+        assert!(Cli::try_parse_from(["acme-rollout", "rollback", "apac"]).is_ok());
+        assert!(Cli::try_parse_from(["acme-rollout", "rollback", "--run", "r1"]).is_ok());
+        assert!(Cli::try_parse_from(["acme-rollout", "rollback", "apac", "--all"]).is_err());
+    }
+
+    #[test]
+    fn bad_bake_duration_is_explained() {
+        let e = Cli::try_parse_from(["acme-rollout", "deploy", "--bake", "soon"]).unwrap_err();
+        assert!(e.to_string().contains("90s"), "{e}");
+    }
+}

@@ -1,0 +1,474 @@
+//! `racks.toml`: the schema, its defaults, and validation.
+//!
+//! Every error carries `file:line:col` and says how to fix it. Nothing here talks to a rack:
+//! the result is a plain [`Config`] that the rest of the tool trusts.
+
+mod schema;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use schema::BakeFile;
+
+/// A validated racks.toml.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub app: App,
+    pub convox: ConvoxSettings,
+    pub state: StateSettings,
+    pub racks: Vec<Rack>,
+    /// Waves in order; each holds indexes into `racks`.
+    pub waves: Vec<Wave>,
+    pub rollback_promoted: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct App {
+    pub name: String,
+    pub service: String,
+    /// Build context directory, absolute.
+    pub source: PathBuf,
+    /// convox.yml template, absolute.
+    pub manifest: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConvoxSettings {
+    pub bin: Option<PathBuf>,
+    pub call_timeout: Duration,
+    pub deploy_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateSettings {
+    /// Local journal + lock directory, absolute.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rack {
+    pub name: String,
+    pub region: String,
+    pub aliases: Vec<String>,
+    pub bake: Bake,
+}
+
+#[derive(Debug, Clone)]
+pub struct Wave {
+    pub name: String,
+    pub racks: Vec<usize>,
+}
+
+/// How a rack is watched after its promote before the rollout moves on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bake {
+    pub duration: Duration,
+    pub health: Option<HealthGate>,
+    pub logs: Option<LogGate>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthGate {
+    pub path: String,
+    pub consecutive: u32,
+    pub max_failures: u32,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogGate {
+    pub filter: String,
+    pub max_matches: usize,
+    pub interval: Duration,
+}
+
+/// A racks.toml problem, located.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{col}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        col: usize,
+        message: String,
+        hint: Option<String>,
+    },
+}
+
+impl ConfigError {
+    /// Advice shown under the error, if there is any.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            ConfigError::Read { .. } => {
+                Some("pass --racks FILE, or run from the directory that holds racks.toml")
+            }
+            ConfigError::Invalid { hint, .. } => hint.as_deref(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a racks.toml.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates racks.toml text; `path` is used for messages and to resolve relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let located = Locator { path, text };
+        let file: schema::File = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let (message, hint) = schema::explain(e.message());
+            located.error(span, message, hint)
+        })?;
+        validate(file, &located)
+    }
+
+    /// Resolves what an operator typed (`apac`, `ap-southeast-1`, `apac-prod`) to one rack.
+    pub fn find_rack(&self, query: &str) -> Result<&Rack, RackLookupError> {
+        if let Some(r) = self
+            .racks
+            .iter()
+            .find(|r| r.name == query || r.region == query || r.aliases.iter().any(|a| a == query))
+        {
+            return Ok(r);
+        }
+        let hits: Vec<&Rack> = self
+            .racks
+            .iter()
+            .filter(|r| r.name.contains(query))
+            .collect();
+        match hits.as_slice() {
+            [one] => Ok(one),
+            [] => Err(RackLookupError::Unknown {
+                query: query.to_string(),
+                known: self.racks.iter().map(|r| r.name.clone()).collect(),
+            }),
+            many => Err(RackLookupError::Ambiguous {
+                query: query.to_string(),
+                matches: many.iter().map(|r| r.name.clone()).collect(),
+            }),
+        }
+    }
+}
+
+/// A rack name on the command line that matches no rack, or more than one.
+#[derive(Debug, thiserror::Error)]
+pub enum RackLookupError {
+    #[error("no rack matches `{query}` (racks: {})", known.join(", "))]
+    Unknown { query: String, known: Vec<String> },
+    #[error("`{query}` matches more than one rack: {}", matches.join(", "))]
+    Ambiguous { query: String, matches: Vec<String> },
+}
+
+struct Locator<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn error(&self, span: Range<usize>, message: String, hint: Option<String>) -> ConfigError {
+        let (line, col) = line_col(self.text, span.start);
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            col,
+            message,
+            hint,
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+fn validate(file: schema::File, at: &Locator) -> Result<Config, ConfigError> {
+    let base = at
+        .path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let absolute = |p: &str| -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    let duration = |d: &toml::Spanned<String>| -> Result<Duration, ConfigError> {
+        humantime::parse_duration(d.get_ref()).map_err(|e| {
+            at.error(
+                d.span(),
+                format!("`{}` is not a duration: {e}", d.get_ref()),
+                Some("write durations like \"90s\", \"5m\" or \"1h 30m\"".into()),
+            )
+        })
+    };
+
+    let bake_defaults = resolve_bake(&file.bake, None, &duration)?;
+
+    let mut racks: Vec<Rack> = Vec::new();
+    let mut names: Vec<(String, Range<usize>)> = Vec::new();
+    if file.rack.is_empty() {
+        return Err(at.error(
+            0..0,
+            "no racks are defined".into(),
+            Some("add at least one [[rack]] table with a name and region".into()),
+        ));
+    }
+    for rack in &file.rack {
+        let name = rack.name.get_ref().trim().to_string();
+        if name.is_empty() {
+            return Err(at.error(rack.name.span(), "rack name is empty".into(), None));
+        }
+        if names.iter().any(|(n, _)| *n == name) {
+            return Err(at.error(
+                rack.name.span(),
+                format!("rack `{name}` is defined twice"),
+                Some("give each [[rack]] a unique name, or remove the duplicate".into()),
+            ));
+        }
+        names.push((name.clone(), rack.name.span()));
+        let bake = match &rack.bake {
+            Some(b) => resolve_bake(b, Some(&bake_defaults), &duration)?,
+            None => bake_defaults.clone(),
+        };
+        racks.push(Rack {
+            name,
+            region: rack.region.clone(),
+            aliases: rack.aliases.iter().map(|a| a.get_ref().clone()).collect(),
+            bake,
+        });
+    }
+
+    // An alias (or region) that could mean two racks makes `drain apac` a guess.
+    for (i, rack) in file.rack.iter().enumerate() {
+        for alias in &rack.aliases {
+            let a = alias.get_ref();
+            // Report the later definition: it is the one that made the name ambiguous.
+            let clash = racks.iter().enumerate().find(|(j, other)| {
+                *j != i
+                    && (other.name == *a
+                        || other.region == *a
+                        || (*j < i && other.aliases.iter().any(|o| o == a)))
+            });
+            if let Some((_, other)) = clash {
+                return Err(at.error(
+                    alias.span(),
+                    format!(
+                        "alias `{a}` of rack `{}` also matches rack `{}`",
+                        racks[i].name, other.name
+                    ),
+                    Some("aliases must pick exactly one rack; rename or remove it".into()),
+                ));
+            }
+        }
+    }
+
+    let mut waves = Vec::new();
+    let mut placed: Vec<Option<String>> = vec![None; racks.len()];
+    if file.wave.is_empty() {
+        return Err(at.error(
+            0..0,
+            "no waves are defined".into(),
+            Some("add [[wave]] tables, e.g. racks = [\"us-prod\"] first, then the rest".into()),
+        ));
+    }
+    for (w, wave) in file.wave.iter().enumerate() {
+        let wave_name = wave
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("wave {}", w + 1));
+        if wave.racks.get_ref().is_empty() {
+            return Err(at.error(
+                wave.racks.span(),
+                format!("{wave_name} has no racks"),
+                Some("list at least one rack, or delete the empty [[wave]]".into()),
+            ));
+        }
+        let mut members = Vec::new();
+        for entry in wave.racks.get_ref() {
+            let name = entry.get_ref();
+            let Some(i) = racks.iter().position(|r| r.name == *name) else {
+                let hint = names
+                    .iter()
+                    .find(|(n, _)| n.contains(name.as_str()) || name.contains(n.as_str()))
+                    .map(|(n, _)| format!("did you mean `{n}`?"))
+                    .or_else(|| {
+                        Some(format!(
+                            "known racks: {}",
+                            racks
+                                .iter()
+                                .map(|r| r.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ))
+                    });
+                return Err(at.error(
+                    entry.span(),
+                    format!("{wave_name} names rack `{name}`, which is not defined"),
+                    hint,
+                ));
+            };
+            if let Some(prev) = &placed[i] {
+                return Err(at.error(
+                    entry.span(),
+                    format!("rack `{name}` is in {prev} and again in {wave_name}"),
+                    Some("each rack belongs to exactly one wave".into()),
+                ));
+            }
+            placed[i] = Some(wave_name.clone());
+            members.push(i);
+        }
+        waves.push(Wave {
+            name: wave_name,
+            racks: members,
+        });
+    }
+    if let Some(i) = placed.iter().position(Option::is_none) {
+        return Err(at.error(
+            names[i].1.clone(),
+            format!(
+                "rack `{}` is in no wave, so a deploy would never reach it",
+                racks[i].name
+            ),
+            Some("add it to a [[wave]] racks list".into()),
+        ));
+    }
+
+    let convox = ConvoxSettings {
+        bin: file.convox.bin.as_deref().map(absolute_bin(base)),
+        call_timeout: file
+            .convox
+            .call_timeout
+            .as_ref()
+            .map(&duration)
+            .transpose()?
+            .unwrap_or(Duration::from_secs(120)),
+        deploy_timeout: file
+            .convox
+            .deploy_timeout
+            .as_ref()
+            .map(&duration)
+            .transpose()?
+            .unwrap_or(Duration::from_secs(40 * 60)),
+    };
+
+    Ok(Config {
+        app: App {
+            name: file.app.name,
+            service: file.app.service,
+            source: absolute(&file.app.source),
+            manifest: absolute(&file.app.manifest),
+        },
+        convox,
+        state: StateSettings {
+            dir: absolute(file.state.dir.as_deref().unwrap_or(".acme-rollout")),
+        },
+        racks,
+        waves,
+        rollback_promoted: file.rollback.promoted.unwrap_or(true),
+    })
+}
+
+/// A `bin` with a slash is a path relative to racks.toml; a bare name is looked up on PATH.
+fn absolute_bin(base: &Path) -> impl Fn(&str) -> PathBuf + '_ {
+    move |bin| {
+        if bin.contains('/') && !Path::new(bin).is_absolute() {
+            base.join(bin)
+        } else {
+            PathBuf::from(bin)
+        }
+    }
+}
+
+fn resolve_bake(
+    file: &BakeFile,
+    defaults: Option<&Bake>,
+    duration: &dyn Fn(&toml::Spanned<String>) -> Result<Duration, ConfigError>,
+) -> Result<Bake, ConfigError> {
+    let base_health = defaults.and_then(|d| d.health.clone());
+    let base_logs = defaults.and_then(|d| d.logs.clone());
+    let health = match &file.health {
+        Some(h) if h.enabled == Some(false) => None,
+        Some(h) => {
+            let base = base_health.unwrap_or(HealthGate {
+                path: "/health".into(),
+                consecutive: 5,
+                max_failures: 3,
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(5),
+            });
+            Some(HealthGate {
+                path: h.path.clone().unwrap_or(base.path),
+                consecutive: h.consecutive.unwrap_or(base.consecutive).max(1),
+                max_failures: h.max_failures.unwrap_or(base.max_failures).max(1),
+                interval: h
+                    .interval
+                    .as_ref()
+                    .map(duration)
+                    .transpose()?
+                    .unwrap_or(base.interval),
+                timeout: h
+                    .timeout
+                    .as_ref()
+                    .map(duration)
+                    .transpose()?
+                    .unwrap_or(base.timeout),
+            })
+        }
+        None => base_health,
+    };
+    let logs = match &file.logs {
+        Some(l) if l.enabled == Some(false) => None,
+        Some(l) => {
+            let base = base_logs.unwrap_or(LogGate {
+                filter: "ERROR".into(),
+                max_matches: 0,
+                interval: Duration::from_secs(30),
+            });
+            Some(LogGate {
+                filter: l.filter.clone().unwrap_or(base.filter),
+                max_matches: l.max_matches.unwrap_or(base.max_matches),
+                interval: l
+                    .interval
+                    .as_ref()
+                    .map(duration)
+                    .transpose()?
+                    .unwrap_or(base.interval),
+            })
+        }
+        None => base_logs,
+    };
+    let duration = match &file.duration {
+        Some(d) => duration(d)?,
+        None => defaults.map_or(Duration::from_secs(300), |d| d.duration),
+    };
+    Ok(Bake {
+        duration,
+        health,
+        logs,
+    })
+}
+
+#[cfg(test)]
+mod tests;
