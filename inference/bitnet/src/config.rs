@@ -394,3 +394,112 @@ impl ModelConfig {
         }
     }
 }
+
+/// Reads the `tokenizer.ggml.*` keys into the tokenizer's input, checking each key's type.
+/// The tokenizer itself checks that the parts agree with each other.
+pub fn tokenizer_spec(header: &GgufHeader) -> Result<crate::tokenizer::TokenizerSpec, ConfigError> {
+    fn wrong(key: &str, expected: &'static str, found: &MetadataValue) -> ConfigError {
+        ConfigError::WrongType {
+            key: key.to_string(),
+            expected,
+            found: found.type_name().into(),
+        }
+    }
+    let string = |key: &str| -> Result<Option<String>, ConfigError> {
+        header
+            .get(key)
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| wrong(key, "a string", v))
+            })
+            .transpose()
+    };
+    let id = |key: &str| -> Result<Option<u32>, ConfigError> {
+        header
+            .get(key)
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| wrong(key, "a token id", v))
+            })
+            .transpose()
+    };
+    let array = |key: &str| -> Result<Option<&[MetadataValue]>, ConfigError> {
+        header
+            .get(key)
+            .map(|v| {
+                v.as_array()
+                    .map(|a| a.values())
+                    .ok_or_else(|| wrong(key, "an array", v))
+            })
+            .transpose()
+    };
+    let strings = |key: &str| -> Result<Option<Vec<String>>, ConfigError> {
+        array(key)?
+            .map(|values| {
+                values
+                    .iter()
+                    .map(|v| {
+                        v.as_str()
+                            .map(str::to_string)
+                            .ok_or_else(|| wrong(key, "an array of strings", v))
+                    })
+                    .collect()
+            })
+            .transpose()
+    };
+    let model = string("tokenizer.ggml.model")?.ok_or_else(|| ConfigError::MissingKey {
+        key: "tokenizer.ggml.model".into(),
+    })?;
+    let tokens = strings("tokenizer.ggml.tokens")?.ok_or_else(|| ConfigError::MissingKey {
+        key: "tokenizer.ggml.tokens".into(),
+    })?;
+    let token_types = array("tokenizer.ggml.token_type")?
+        .map(|values| {
+            values
+                .iter()
+                .map(|v| match *v {
+                    MetadataValue::I32(t) => Ok(t),
+                    _ => v
+                        .as_u64()
+                        .and_then(|t| i32::try_from(t).ok())
+                        .ok_or_else(|| {
+                            wrong("tokenizer.ggml.token_type", "an array of integers", v)
+                        }),
+                })
+                .collect::<Result<Vec<i32>, _>>()
+        })
+        .transpose()?;
+    let scores = array("tokenizer.ggml.scores")?
+        .map(|values| {
+            values
+                .iter()
+                .map(|v| {
+                    v.as_f64()
+                        .map(|s| s as f32)
+                        .ok_or_else(|| wrong("tokenizer.ggml.scores", "an array of floats", v))
+                })
+                .collect::<Result<Vec<f32>, _>>()
+        })
+        .transpose()?;
+    let add_bos = header
+        .get("tokenizer.ggml.add_bos_token")
+        .map(|v| match v {
+            MetadataValue::Bool(b) => Ok(*b),
+            other => Err(wrong("tokenizer.ggml.add_bos_token", "a bool", other)),
+        })
+        .transpose()?;
+    Ok(crate::tokenizer::TokenizerSpec {
+        model,
+        pre: string("tokenizer.ggml.pre")?,
+        tokens,
+        token_types,
+        scores,
+        merges: strings("tokenizer.ggml.merges")?,
+        bos: id("tokenizer.ggml.bos_token_id")?,
+        eos: id("tokenizer.ggml.eos_token_id")?,
+        eot: id("tokenizer.ggml.eot_token_id")?,
+        add_bos,
+    })
+}

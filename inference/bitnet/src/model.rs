@@ -16,6 +16,8 @@ pub enum LoadError {
     Gguf(#[from] GgufError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("the tokenizer in the file is unusable: {0}")]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
     #[error("tensor {tensor:?} is missing; the file is incomplete or not a BitNet model")]
     MissingTensor { tensor: String },
     #[error("tensor {tensor:?} has shape {actual:?} but the hyper-parameters need {expected:?}")]
@@ -430,6 +432,12 @@ impl Model {
     /// The whole GGUF header: metadata (tokenizer keys, chat template) and tensor infos.
     pub fn gguf(&self) -> &GgufHeader {
         &self.header
+    }
+
+    /// The tokenizer described by the file's `tokenizer.ggml.*` keys.
+    pub fn tokenizer(&self) -> Result<crate::tokenizer::Tokenizer, LoadError> {
+        let spec = crate::config::tokenizer_spec(&self.header)?;
+        Ok(crate::tokenizer::Tokenizer::from_vocab(spec)?)
     }
 
     /// Threads used by the matrix products.

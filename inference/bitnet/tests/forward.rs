@@ -467,3 +467,29 @@ fn truncated_or_damaged_model_files_never_panic() {
     let err = Model::load(Path::new("/nonexistent/model.gguf"), options(1)).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/model.gguf"), "{err}");
 }
+
+#[test]
+fn the_generated_vocabulary_drives_the_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        &SyntheticModel::tiny(WeightFormat::I2S, 1),
+        "m.gguf",
+    );
+    let model = Model::load(&path, options(1)).unwrap();
+    let tokenizer = model.tokenizer().unwrap();
+    assert_eq!(tokenizer.vocab_size(), model.vocab_size());
+    let text = "The capital of France is Paris. Ünïcode ✓ 2024!";
+    let ids = tokenizer.encode(text, false, false);
+    assert_eq!(tokenizer.decode(&ids), text);
+    let english = "The capital of France is Paris.";
+    let english_ids = tokenizer.encode(english, false, false);
+    assert!(
+        english_ids.len() <= english.len() / 3,
+        "learned merges should cover common words: {english_ids:?}"
+    );
+    let eot = tokenizer.token_id("<|eot_id|>").unwrap();
+    assert_eq!(tokenizer.eot(), Some(eot));
+    assert!(tokenizer.is_eog(eot));
+    assert_eq!(tokenizer.encode("<|eot_id|>", false, true), vec![eot]);
+}
