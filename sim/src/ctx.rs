@@ -23,14 +23,19 @@ pub struct Out {
 
 impl Out {
     pub fn write(&self, text: &str) {
+        let _ = self.try_write(text);
+    }
+
+    /// Like `write`, but reports a closed reader (so a following loop can stop).
+    pub fn try_write(&self, text: &str) -> std::io::Result<()> {
         if self.to_stderr {
             let mut err = std::io::stderr().lock();
-            let _ = err.write_all(text.as_bytes());
-            let _ = err.flush();
+            err.write_all(text.as_bytes())?;
+            err.flush()
         } else {
             let mut out = std::io::stdout().lock();
-            let _ = out.write_all(text.as_bytes());
-            let _ = out.flush();
+            out.write_all(text.as_bytes())?;
+            out.flush()
         }
     }
 
@@ -157,9 +162,9 @@ impl Ctx {
 
 pub fn parse_time_scale(text: &str) -> Result<f64> {
     match text.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => crate::bail!(
-            "{SCALE_VAR}={text} is not a number >= 0: use e.g. 1.0 for real timings or 0.02 for tests"
+            "{SCALE_VAR}={text} is not a number > 0: use e.g. 1.0 for real timings or 0.02 for tests"
         ),
     }
 }
@@ -176,5 +181,6 @@ mod tests {
             .0
             .contains("CONVOX_SIM_TIME_SCALE=fast"));
         assert!(parse_time_scale("-1").is_err());
+        assert!(parse_time_scale("0").is_err());
     }
 }

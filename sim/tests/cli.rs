@@ -382,9 +382,17 @@ fn never_ready_rolls_back_on_its_own_while_the_old_release_keeps_serving() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // While the new pods fail readiness, the old release answers.
+    poll_until("the app to be updating", Duration::from_secs(10), || {
+        let apps = sim.run(&["apps", "-r", "eu-prod"]).ok().stdout;
+        apps.contains(" updating ").then_some(())
+    });
+    // While the new pods fail readiness, the old release answers, and the rack refuses a rollback.
     let (status, body) = http_get(port, "/health").unwrap();
     assert_eq!((status, body.contains(&first)), (200, true));
+    sim.run(&[
+        "releases", "rollback", &first, "-a", "bitnet", "-r", "eu-prod",
+    ])
+    .fails_with("app is currently updating");
     let mut stdout = String::new();
     deploy
         .stdout
@@ -781,4 +789,83 @@ fn dockerfile_cmd_runs_the_program_from_the_sim_bin_dir_with_pod_env() {
                 .then_some(())
         },
     );
+}
+
+#[test]
+fn two_racks_promote_in_parallel_and_logs_have_both_formats() {
+    let sim = Sim::new();
+    for rack in ["eu-prod", "apac-prod"] {
+        sim.run(&["sim", "rack", "create", rack, "--region", "eu-west-1"])
+            .ok();
+        sim.run(&["apps", "create", "bitnet", "-r", rack]).ok();
+    }
+    let deploys: Vec<_> = ["eu-prod", "apac-prod"]
+        .iter()
+        .map(|rack| {
+            sim.command(&["deploy", "app", "-a", "bitnet", "-r", rack, "--id"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in deploys {
+        let run = finish(child.wait_with_output().unwrap()).ok();
+        assert!(is_release_id(&run.stdout), "{}", run.stdout);
+    }
+    for rack in ["eu-prod", "apac-prod"] {
+        assert_eq!(http_get(sim.router_port(rack), "/health").unwrap().0, 200);
+    }
+    let kubectl = poll_until("a request line", Duration::from_secs(5), || {
+        let out = sim
+            .run(&[
+                "logs",
+                "-a",
+                "bitnet",
+                "-r",
+                "eu-prod",
+                "--no-follow",
+                "-s",
+                "inference",
+                "--tail",
+                "1",
+            ])
+            .ok()
+            .stdout;
+        out.ends_with("GET /health 200\n").then_some(out)
+    });
+    assert_eq!(kubectl.lines().count(), 1);
+    assert!(
+        kubectl.starts_with("[pod/inference-") && kubectl.contains("/bitnet] 20"),
+        "{kubectl}"
+    );
+    let system = sim
+        .run(&[
+            "logs",
+            "-a",
+            "bitnet",
+            "-r",
+            "eu-prod",
+            "--no-follow",
+            "--filter",
+            "atom/app Running",
+        ])
+        .ok()
+        .stdout;
+    assert!(
+        system
+            .lines()
+            .any(|l| l.ends_with(" system/k8s/atom/app Status: Updating => Running")),
+        "{system}"
+    );
+    sim.run(&[
+        "logs",
+        "-a",
+        "bitnet",
+        "-r",
+        "eu-prod",
+        "--since",
+        "2min",
+    ])
+    .fails_with("time: unknown unit \"min\" in duration \"2min\"");
 }

@@ -117,6 +117,10 @@ fn global_help(commands: &[Command]) -> String {
 
 /// Runs one invocation; returns the process exit code.
 pub fn run(argv: &[String]) -> i32 {
+    if matches!(argv.first().map(String::as_str), Some("-v" | "--version")) {
+        print_stdout(&format!("client: {}\n", apps::RACK_VERSION));
+        return 0;
+    }
     let commands = commands();
     let chosen = commands
         .iter()

@@ -409,7 +409,10 @@ fn logs(ctx: &mut Ctx, p: &Parsed) -> Result<()> {
             .filter(|l| selection.keeps(l))
             .filter_map(render)
         {
-            ctx.out.line(&line);
+            if ctx.out.try_write(&format!("{line}\n")).is_err() {
+                // The reader went away: following any further would never end.
+                return Ok(());
+            }
         }
         std::thread::sleep(Duration::from_millis(200));
     }
