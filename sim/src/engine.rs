@@ -276,7 +276,7 @@ impl Engine<'_> {
         Ok(true)
     }
 
-    /// Stops pods and forgets them.
+    /// Stops pods and forgets them. No event: the rack's forwarder drops pod `Killing` events.
     pub fn stop_pods(&self, pod_ids: &[String]) -> Result<()> {
         let state = self.ctx.home.load(&self.rack)?;
         let app = state.app(&self.app)?;
@@ -284,7 +284,6 @@ impl Engine<'_> {
             if procs::is_ours(pod.pid, &pod.id) {
                 procs::stop_group(pod.pid, Duration::from_secs(2));
             }
-            self.event(&pod.id, &format!("Stopping container {}", self.app));
         }
         self.update(|s| {
             s.app_mut(&self.app)?

@@ -858,14 +858,6 @@ fn two_racks_promote_in_parallel_and_logs_have_both_formats() {
             .any(|l| l.ends_with(" system/k8s/atom/app Status: Updating => Running")),
         "{system}"
     );
-    sim.run(&[
-        "logs",
-        "-a",
-        "bitnet",
-        "-r",
-        "eu-prod",
-        "--since",
-        "2min",
-    ])
-    .fails_with("time: unknown unit \"min\" in duration \"2min\"");
+    sim.run(&["logs", "-a", "bitnet", "-r", "eu-prod", "--since", "2min"])
+        .fails_with("time: unknown unit \"min\" in duration \"2min\"");
 }
