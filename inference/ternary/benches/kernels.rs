@@ -1,2 +1,380 @@
-//! Kernel benchmark (filled in below).
-fn main() {}
+//! Kernel benchmark for the BitNet 2B4T shapes. Prints one table: time (median), GB/s of weight
+//! bytes, % of the streaming-read bandwidth measured in the same run (GEMV), GMAC/s and
+//! MAC/cycle/core (GEMM, against the nominal clock in /proc/cpuinfo); then scalar and f32
+//! baselines, and the per-call cost of our pool against rayon.
+//!
+//! `cargo bench -p ternary --bench kernels`. Knobs: `BENCH_QUICK=1` (fewer sizes and reps, about
+//! a minute), `BENCH_THREADS=1,2`, `BENCH_OUTPUT=0` (skip the 128256-row output layer),
+//! `TERNARY_KERNEL=...` (kernel family for the main table).
+
+use rayon::prelude::*;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+use ternary::{
+    active_kernel, Kernel, OutputMatrix, QuantizedActivations, TernaryMatrix, ThreadPool,
+};
+
+const TERNARY_SHAPES: [(usize, usize, &str); 4] = [
+    (2560, 2560, "attn q/o"),
+    (640, 2560, "attn k/v"),
+    (6912, 2560, "ffn gate/up"),
+    (2560, 6912, "ffn down"),
+];
+const VOCAB: usize = 128_256;
+const HIDDEN: usize = 2560;
+/// Working set for streamed GEMVs: far beyond any last-level cache, as in a real decode step.
+const STREAM_BYTES: usize = 256 << 20;
+
+struct Settings {
+    threads: Vec<usize>,
+    tokens: Vec<usize>,
+    output_layer: bool,
+    mhz: f64,
+}
+
+fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+fn nominal_mhz() -> f64 {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("cpu MHz"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Median wall time of `f` over at least `min_reps` runs and about `budget` of time.
+fn median(min_reps: usize, budget: Duration, mut f: impl FnMut()) -> Duration {
+    f();
+    let started = Instant::now();
+    let mut times = Vec::new();
+    while times.len() < min_reps || (started.elapsed() < budget && times.len() < 5000) {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed());
+    }
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// SplitMix64 for reproducible inputs.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+/// Streaming-read bandwidth in GB/s: sum a 512 MiB buffer split across `threads` threads.
+fn stream_bandwidth(buffer: &[u64], threads: usize, reps: usize) -> f64 {
+    let time = median(reps, Duration::ZERO, || {
+        std::thread::scope(|s| {
+            for part in buffer.chunks(buffer.len().div_ceil(threads)) {
+                s.spawn(move || {
+                    // Eight independent sums so the loop vectorises and only memory limits it.
+                    let mut sums = [0u64; 8];
+                    for block in part.chunks_exact(8) {
+                        for (sum, &v) in sums.iter_mut().zip(block) {
+                            *sum = sum.wrapping_add(v);
+                        }
+                    }
+                    black_box(sums);
+                });
+            }
+        });
+    });
+    (buffer.len() * 8) as f64 / time.as_secs_f64() / 1e9
+}
+
+struct Row<'a> {
+    shape: String,
+    weights: &'a str,
+    tokens: usize,
+    threads: usize,
+    time: Duration,
+    bytes: usize,
+    macs: f64,
+}
+
+fn print_header() {
+    println!(
+        "{:<22} {:<10} {:>4} {:>3} {:>11} {:>8} {:>6} {:>8} {:>13}",
+        "shape", "weights", "N", "thr", "time", "GB/s", "%BW", "GMAC/s", "MAC/cyc/core"
+    );
+}
+
+fn print_row(row: &Row, settings: &Settings, bandwidth: &[(usize, f64)]) {
+    let secs = row.time.as_secs_f64();
+    let gbs = row.bytes as f64 / secs / 1e9;
+    let gmacs = row.macs / secs / 1e9;
+    let bw = bandwidth
+        .iter()
+        .find(|(t, _)| *t == row.threads)
+        .map(|(_, b)| *b);
+    let percent = match (row.tokens, bw) {
+        (1, Some(b)) => format!("{:.0}%", 100.0 * gbs / b),
+        _ => "-".into(),
+    };
+    let per_cycle = if row.tokens > 1 && settings.mhz > 0.0 {
+        format!("{:.1}", gmacs * 1e3 / settings.mhz / row.threads as f64)
+    } else {
+        "-".into()
+    };
+    println!(
+        "{:<22} {:<10} {:>4} {:>3} {:>9.1}µs {:>8.1} {:>6} {:>8.1} {:>13}",
+        row.shape,
+        row.weights,
+        row.tokens,
+        row.threads,
+        secs * 1e6,
+        gbs,
+        percent,
+        gmacs,
+        per_cycle
+    );
+}
+
+fn random_ternary(rng: &mut Rng, rows: usize, cols: usize) -> TernaryMatrix {
+    let values: Vec<i8> = (0..rows * cols)
+        .map(|_| (rng.next() % 3) as i8 - 1)
+        .collect();
+    TernaryMatrix::from_ternary(&values, rows, cols, 0.02).expect("benchmark shapes are valid")
+}
+
+fn main() {
+    let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v != "0");
+    let settings = Settings {
+        threads: env_list("BENCH_THREADS", &[1, 2]),
+        tokens: if quick {
+            vec![1, 32]
+        } else {
+            vec![1, 8, 32, 128]
+        },
+        output_layer: std::env::var("BENCH_OUTPUT").map_or(true, |v| v != "0"),
+        mhz: nominal_mhz(),
+    };
+    let budget = Duration::from_millis(if quick { 150 } else { 400 });
+    let mut rng = Rng(1);
+    println!(
+        "ternary kernels: active {} (available: {}); nominal clock {:.0} MHz from /proc/cpuinfo \"cpu MHz\"; {} logical CPUs",
+        active_kernel(),
+        Kernel::available().iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
+        settings.mhz,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let buffer: Vec<u64> = (0..(512usize << 20) / 8).map(|i| i as u64).collect();
+    let bandwidth: Vec<(usize, f64)> = settings
+        .threads
+        .iter()
+        .map(|&t| (t, stream_bandwidth(&buffer, t, if quick { 3 } else { 7 })))
+        .collect();
+    drop(buffer);
+    for (t, b) in &bandwidth {
+        println!("streaming read (sum of 512 MiB), {t} thread(s): {b:.1} GB/s");
+    }
+    println!("GEMV (N=1) streams {} MiB of copies of each matrix so weights come from DRAM; GEMM (N>1) reuses one copy.\n", STREAM_BYTES >> 20);
+
+    print_header();
+    let pools: Vec<(usize, ThreadPool)> = settings
+        .threads
+        .iter()
+        .map(|&t| (t, ThreadPool::new(t)))
+        .collect();
+    for (rows, cols, name) in TERNARY_SHAPES {
+        let matrix = random_ternary(&mut rng, rows, cols);
+        let copies: Vec<TernaryMatrix> = (0..STREAM_BYTES.div_ceil(matrix.weight_bytes()))
+            .map(|_| matrix.clone())
+            .collect();
+        for &tokens in &settings.tokens {
+            let input: Vec<f32> = (0..tokens * cols).map(|_| rng.unit()).collect();
+            let x = QuantizedActivations::quantize(&input, cols);
+            let mut out = vec![0.0; tokens * rows];
+            for (threads, pool) in &pools {
+                let mut next = 0;
+                let time = median(5, budget, || {
+                    let m = if tokens == 1 {
+                        &copies[next % copies.len()]
+                    } else {
+                        &matrix
+                    };
+                    next += 1;
+                    m.matmul(&x, &mut out, pool);
+                });
+                let row = Row {
+                    shape: format!("{rows}x{cols} {name}"),
+                    weights: "ternary",
+                    tokens,
+                    threads: *threads,
+                    time,
+                    bytes: matrix.weight_bytes(),
+                    macs: (rows * cols * tokens) as f64,
+                };
+                print_row(&row, &settings, &bandwidth);
+            }
+        }
+    }
+
+    if settings.output_layer {
+        let bits: Vec<u8> = (0..VOCAB * HIDDEN)
+            .flat_map(|_| {
+                half::f16::from_f32(rng.unit() * 0.05)
+                    .to_bits()
+                    .to_le_bytes()
+            })
+            .collect();
+        let f16 = OutputMatrix::from_f16_bytes(&bits, VOCAB, HIDDEN).expect("valid shape");
+        drop(bits);
+        let int8 = f16.to_int8();
+        let tokens_list: Vec<usize> = if quick { vec![1] } else { vec![1, 8] };
+        for (label, matrix) in [("f16", &f16), ("int8 q8", &int8)] {
+            for &tokens in &tokens_list {
+                let x: Vec<f32> = (0..tokens * HIDDEN).map(|_| rng.unit()).collect();
+                let mut out = vec![0.0; tokens * VOCAB];
+                for (threads, pool) in &pools {
+                    let time = median(3, budget, || matrix.matmul(&x, tokens, &mut out, pool));
+                    let row = Row {
+                        shape: format!("{VOCAB}x{HIDDEN} output"),
+                        weights: label,
+                        tokens,
+                        threads: *threads,
+                        time,
+                        bytes: matrix.weight_bytes(),
+                        macs: (VOCAB * HIDDEN * tokens) as f64,
+                    };
+                    print_row(&row, &settings, &bandwidth);
+                }
+            }
+        }
+    }
+
+    println!("\nBaselines, 2560x2560, 1 thread, one copy (cache-resident after the first call):");
+    print_header();
+    let single = ThreadPool::new(1);
+    let matrix = random_ternary(&mut rng, 2560, 2560);
+    let dense: Vec<f32> = (0..2560 * 2560).map(|_| rng.unit()).collect();
+    let dense = OutputMatrix::from_f32(&dense, 2560, 2560).expect("valid shape");
+    let mut scalar_times = Vec::new();
+    for tokens in [1, 32] {
+        let input: Vec<f32> = (0..tokens * 2560).map(|_| rng.unit()).collect();
+        let x = QuantizedActivations::quantize(&input, 2560);
+        let mut out = vec![0.0; tokens * 2560];
+        for kernel in Kernel::available() {
+            let reps = if kernel == Kernel::Scalar { 3 } else { 20 };
+            let time = median(
+                reps,
+                if kernel == Kernel::Scalar {
+                    Duration::ZERO
+                } else {
+                    budget
+                },
+                || {
+                    matrix
+                        .matmul_with(kernel, &x, &mut out, &single)
+                        .expect("available kernel")
+                },
+            );
+            if kernel == Kernel::Scalar {
+                scalar_times.push(time);
+            } else {
+                let speedup = scalar_times
+                    .last()
+                    .map_or(0.0, |s| s.as_secs_f64() / time.as_secs_f64());
+                println!("  {kernel} is {speedup:.1}x scalar at N={tokens}");
+            }
+            let row = Row {
+                shape: "2560x2560".into(),
+                weights: kernel.name(),
+                tokens,
+                threads: 1,
+                time,
+                bytes: matrix.weight_bytes(),
+                macs: (2560 * 2560 * tokens) as f64,
+            };
+            print_row(&row, &settings, &bandwidth);
+        }
+        let time = median(5, budget, || {
+            dense.matmul(&input, tokens, &mut out, &single)
+        });
+        let row = Row {
+            shape: "2560x2560".into(),
+            weights: "f32 dense",
+            tokens,
+            threads: 1,
+            time,
+            bytes: dense.weight_bytes(),
+            macs: (2560 * 2560 * tokens) as f64,
+        };
+        print_row(&row, &settings, &bandwidth);
+    }
+
+    let workers = settings.threads.iter().copied().max().unwrap_or(2).max(2);
+    println!("\nPer-call cost of splitting work across {workers} threads (empty job), and a 2560x2560 GEMV through each:");
+    let ours = ThreadPool::new(workers);
+    let theirs = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .build()
+        .expect("rayon pool");
+    let calls = if quick { 2000 } else { 20000 };
+    let per_call = |f: &mut dyn FnMut()| {
+        median(5, Duration::ZERO, || {
+            for _ in 0..calls {
+                f();
+            }
+        })
+        .as_secs_f64()
+            / calls as f64
+            * 1e6
+    };
+    let own_empty = per_call(&mut || {
+        ours.run(|w, n| {
+            black_box((w, n));
+        })
+    });
+    let rayon_empty = per_call(&mut || {
+        theirs.install(|| {
+            (0..workers).into_par_iter().for_each(|w| {
+                black_box(w);
+            })
+        })
+    });
+    println!("  own pool (spin, then park): {own_empty:.2} µs/call; rayon install + par_iter: {rayon_empty:.2} µs/call");
+    let x =
+        QuantizedActivations::quantize(&(0..2560).map(|_| rng.unit()).collect::<Vec<_>>(), 2560);
+    let mut out = vec![0.0; 2560];
+    let own = median(20, budget, || matrix.matmul(&x, &mut out, &ours));
+    let chunk = 2560 / workers;
+    let with_rayon = median(20, budget, || {
+        theirs.install(|| {
+            out.par_chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(i, part)| matrix.gemv_rows(&x, i * chunk, part).expect("aligned rows"));
+        })
+    });
+    println!(
+        "  2560x2560 GEMV: own pool {:.1} µs, rayon {:.1} µs -> keeping the {}",
+        own.as_secs_f64() * 1e6,
+        with_rayon.as_secs_f64() * 1e6,
+        if own <= with_rayon {
+            "own pool"
+        } else {
+            "rayon pool (faster here)"
+        }
+    );
+}

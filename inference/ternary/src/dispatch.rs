@@ -20,8 +20,8 @@ pub(crate) type TernaryTileFn =
 pub(crate) type F16DotFn = fn(w: &[u16], x: &[f32]) -> f32;
 /// Σ w·x for f32 rows.
 pub(crate) type F32DotFn = fn(w: &[f32], x: &[f32]) -> f32;
-/// Σ over 32-blocks b of (Σ w·x in block b) · (w_scale[b] · x_scale[b]), the float steps summed
-/// in 8 lanes (block b into lane b mod 8) and the lanes reduced as in [`reduce_lanes`].
+/// Σ over blocks b of (Σ w·x in block b, exact in i32) as f32 · (w_scale[b] · x_scale[b]),
+/// accumulated from 0.0 in block order. Blocks are `Q8_BLOCK` values, the last one possibly shorter.
 pub(crate) type Q8DotFn = fn(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32]) -> f32;
 
 /// One implementation of every kernel slot.
@@ -38,19 +38,6 @@ impl fmt::Debug for KernelTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "KernelTable({})", self.kernel)
     }
-}
-
-/// The fixed reduction order of the 8 float lanes of [`Q8DotFn`]: upper half onto lower half,
-/// then again, then the last pair, which is what a 256-bit SIMD reduction does naturally.
-pub(crate) fn reduce_lanes(lanes: [f32; 8]) -> f32 {
-    let quad = [
-        lanes[0] + lanes[4],
-        lanes[1] + lanes[5],
-        lanes[2] + lanes[6],
-        lanes[3] + lanes[7],
-    ];
-    let pair = [quad[0] + quad[2], quad[1] + quad[3]];
-    pair[0] + pair[1]
 }
 
 /// Checks the arguments of a [`TernaryTileFn`]; SIMD kernels rely on it for memory safety.

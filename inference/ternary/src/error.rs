@@ -70,6 +70,16 @@ pub enum FormatError {
     },
     #[error("{actual} input values are not a whole number of tokens of {cols} columns; pass tokens × {cols} values")]
     InputLength { cols: usize, actual: usize },
+    #[error(
+        "rows {first_row}..{end} of a {rows}-row matrix for {tokens} tokens cannot be computed alone; \
+         give one token, a first row that is a multiple of 4, and an end within the matrix"
+    )]
+    RowRange {
+        first_row: usize,
+        end: usize,
+        rows: usize,
+        tokens: usize,
+    },
     #[error(transparent)]
     Kernel(#[from] KernelError),
 }

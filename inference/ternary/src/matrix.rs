@@ -171,6 +171,36 @@ impl TernaryMatrix {
         Ok(())
     }
 
+    /// One token's product for rows `first_row..first_row + out.len()` only, on the calling
+    /// thread: lets another scheduler (rayon, a server's own threads) split a GEMV by rows.
+    /// `first_row` must be a multiple of 4 (the tile height) and `x` must hold one token.
+    pub fn gemv_rows(
+        &self,
+        x: &QuantizedActivations,
+        first_row: usize,
+        out: &mut [f32],
+    ) -> Result<(), FormatError> {
+        if x.cols() != self.cols {
+            return Err(FormatError::ColsMismatch {
+                expected: self.cols,
+                actual: x.cols(),
+            });
+        }
+        let end = first_row + out.len();
+        if x.tokens() != 1 || !first_row.is_multiple_of(TILE_ROWS) || end > self.rows {
+            return Err(FormatError::RowRange {
+                first_row,
+                end,
+                rows: self.rows,
+                tokens: x.tokens(),
+            });
+        }
+        let tiles = first_row / TILE_ROWS..end.div_ceil(TILE_ROWS);
+        let writer = SharedOut::with_base(out, first_row);
+        self.compute_tiles(&self.kernels, x, tiles, end, &writer);
+        Ok(())
+    }
+
     fn check(&self, x: &QuantizedActivations, out: &[f32]) -> Result<(), FormatError> {
         if x.cols() != self.cols {
             return Err(FormatError::ColsMismatch {
@@ -201,7 +231,7 @@ impl TernaryMatrix {
         let out = SharedOut::new(out);
         let work = |worker: usize, workers: usize| {
             let (start, end) = (tiles * worker / workers, tiles * (worker + 1) / workers);
-            self.compute_tiles(table, x, start..end, &out);
+            self.compute_tiles(table, x, start..end, self.rows, &out);
         };
         match pool {
             Some(pool) if pool.threads() > 1 && tiles > 1 => pool.run(work),
@@ -209,11 +239,13 @@ impl TernaryMatrix {
         }
     }
 
+    /// Computes `tiles` for all tokens, writing rows below `end_row` only.
     fn compute_tiles(
         &self,
         table: &KernelTable,
         x: &QuantizedActivations,
         tiles: std::ops::Range<usize>,
+        end_row: usize,
         out: &SharedOut<'_>,
     ) {
         let (rows, cols, stride) = (self.rows, self.cols, x.stride());
@@ -222,7 +254,7 @@ impl TernaryMatrix {
         for tile in tiles {
             let codes = &self.tiles[tile * cols..(tile + 1) * cols];
             let first_row = tile * TILE_ROWS;
-            let rows_here = TILE_ROWS.min(rows - first_row);
+            let rows_here = TILE_ROWS.min(end_row - first_row);
             for first_token in (0..x.tokens()).step_by(TOKEN_BATCH) {
                 let tokens = TOKEN_BATCH.min(x.tokens() - first_token);
                 let xs = &data[first_token * stride..];

@@ -1,7 +1,9 @@
 //! `OutputMatrix`: the output layer (the tied token embedding of BitNet 2B4T, 128256×2560), kept
-//! as F16 (or F32) and optionally repacked to int8 in q8_0 style (blocks of 32 int8 values with an
-//! f32 scale each, 9 bits per weight instead of 16), dotted with int8 activations quantised the
-//! same way. It is the largest single read of a decode step, so halving its bytes matters.
+//! as F16 (or F32) and optionally repacked to int8 in q8 style (blocks of 256 int8 values with an
+//! f32 scale each, 8.125 bits per weight instead of 16), dotted with int8 activations quantised
+//! the same way (as llama.cpp's Q8_K). It is the largest single read of a decode step, so halving
+//! its bytes matters. Blocks of 256 rather than q8_0's 32 keep the float work per block small
+//! enough that the product stays memory-bound, and the error is far below the ternary layers'.
 
 use crate::dispatch::{active_table, table_for, Kernel, KernelTable};
 use crate::error::FormatError;
@@ -9,8 +11,8 @@ use crate::pool::ThreadPool;
 use crate::shared_out::SharedOut;
 use half::f16;
 
-/// Values per int8 block, each with its own scale.
-pub const Q8_BLOCK: usize = 32;
+/// Values per int8 block, each with its own scale; the last block of a row may be shorter.
+pub const Q8_BLOCK: usize = 256;
 
 #[derive(Debug, Clone)]
 enum Storage {
@@ -37,13 +39,6 @@ fn check_shape(
     if rows == 0 || cols == 0 {
         return Err(FormatError::EmptyShape { rows, cols });
     }
-    if !cols.is_multiple_of(Q8_BLOCK) {
-        return Err(FormatError::ColsNotMultiple {
-            format: "the output layer",
-            cols,
-            block: Q8_BLOCK,
-        });
-    }
     let expected = rows
         .checked_mul(cols)
         .and_then(|n| n.checked_mul(bytes_per_value))
@@ -66,7 +61,7 @@ fn check_shape(
 }
 
 impl OutputMatrix {
-    /// Wraps F16 tensor bytes (little-endian, row-major `rows × cols`). `cols` must be a multiple of 32.
+    /// Wraps F16 tensor bytes (little-endian, row-major `rows × cols`).
     pub fn from_f16_bytes(bytes: &[u8], rows: usize, cols: usize) -> Result<Self, FormatError> {
         check_shape(rows, cols, bytes.len(), 2)?;
         let values = bytes
@@ -81,7 +76,7 @@ impl OutputMatrix {
         })
     }
 
-    /// Wraps f32 values (row-major `rows × cols`). `cols` must be a multiple of 32.
+    /// Wraps f32 values (row-major `rows × cols`).
     pub fn from_f32(values: &[f32], rows: usize, cols: usize) -> Result<Self, FormatError> {
         check_shape(rows, cols, values.len().saturating_mul(4), 4)?;
         Ok(OutputMatrix {
@@ -92,18 +87,18 @@ impl OutputMatrix {
         })
     }
 
-    /// The q8_0-style int8 repack: per 32-block `d = max|w| / 127`, `q = round(w / d)`.
+    /// The q8-style int8 repack: per block of 256 values of a row `d = max|w| / 127`, `q = round(w / d)`.
     /// Drop the original afterwards so the int8 copy replaces it rather than adding to it.
     pub fn to_int8(&self) -> Self {
         let mut values = Vec::with_capacity(self.rows * self.cols);
-        let mut scales = Vec::with_capacity(self.rows * self.cols / Q8_BLOCK);
+        let mut scales = Vec::with_capacity(self.rows * self.blocks_per_row());
         let mut row = vec![0f32; self.cols];
         for r in 0..self.rows {
             if let Storage::Int8 { .. } = self.storage {
                 return self.clone();
             }
             self.row(r, &mut row);
-            for block in row.chunks_exact(Q8_BLOCK) {
+            for block in row.chunks(Q8_BLOCK) {
                 scales.push(quantize_block(block, &mut values));
             }
         }
@@ -113,6 +108,10 @@ impl OutputMatrix {
             storage: Storage::Int8 { values, scales },
             kernels: self.kernels,
         }
+    }
+
+    fn blocks_per_row(&self) -> usize {
+        self.cols.div_ceil(Q8_BLOCK)
     }
 
     /// Number of rows (vocabulary entries).
@@ -159,7 +158,7 @@ impl OutputMatrix {
             }
             Storage::F32(v) => out.copy_from_slice(&v[range]),
             Storage::Int8 { values, scales } => {
-                let scales = &scales[r * self.cols / Q8_BLOCK..];
+                let scales = &scales[r * self.blocks_per_row()..];
                 for (i, (o, &q)) in out.iter_mut().zip(&values[range]).enumerate() {
                     *o = f32::from(q) * scales[i / Q8_BLOCK];
                 }
@@ -245,6 +244,7 @@ impl OutputMatrix {
         pool: Option<&ThreadPool>,
     ) {
         let (rows, cols) = (self.rows, self.cols);
+        let blocks = self.blocks_per_row();
         let quantized = match self.storage {
             Storage::Int8 { .. } => Some(quantize_activations(x, cols)),
             _ => None,
@@ -259,11 +259,11 @@ impl OutputMatrix {
                         (Storage::F16(w), _) => (table.f16_dot)(&w[range.clone()], &x[xt]),
                         (Storage::F32(w), _) => (table.f32_dot)(&w[range.clone()], &x[xt]),
                         (Storage::Int8 { values, scales }, Some((xq, xs))) => {
-                            let blocks = r * cols / Q8_BLOCK..(r + 1) * cols / Q8_BLOCK;
-                            let x_blocks = t * cols / Q8_BLOCK..(t + 1) * cols / Q8_BLOCK;
+                            let w_blocks = r * blocks..(r + 1) * blocks;
+                            let x_blocks = t * blocks..(t + 1) * blocks;
                             (table.q8_dot)(
                                 &values[range.clone()],
-                                &scales[blocks],
+                                &scales[w_blocks],
                                 &xq[xt],
                                 &xs[x_blocks],
                             )
@@ -284,7 +284,7 @@ impl OutputMatrix {
     }
 }
 
-/// Appends the int8 values of one 32-block to `values` and returns its scale.
+/// Appends the int8 values of one block to `values` and returns its scale.
 /// Values stay within ±127 so the AVX2 kernel can move signs with `vpsignb`.
 fn quantize_block(block: &[f32], values: &mut Vec<i8>) -> f32 {
     let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -298,13 +298,13 @@ fn quantize_block(block: &[f32], values: &mut Vec<i8>) -> f32 {
     scale
 }
 
-/// q8_0-style quantisation of the output layer's input: per 32-block absmax.
+/// q8-style quantisation of the output layer's input: per token, per block absmax.
 fn quantize_activations(x: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
     let mut values = Vec::with_capacity(x.len());
     let scales = x
-        .chunks_exact(Q8_BLOCK)
+        .chunks_exact(cols)
+        .flat_map(|token| token.chunks(Q8_BLOCK))
         .map(|block| quantize_block(block, &mut values))
         .collect();
-    debug_assert_eq!(values.len() % cols.max(1), 0);
     (values, scales)
 }

@@ -1,10 +1,15 @@
 //! A fixed pool of worker threads for splitting one matrix product across cores with
 //! microsecond-scale per-call cost. A decode step runs ~200 products per token, so waking threads
-//! through the OS on every call would dominate; workers instead spin on a generation counter for a
-//! while after each job and only then park on a condition variable.
+//! through the OS on every call would dominate; idle workers instead spin on the job word for a
+//! while and only then park on a condition variable.
+//!
+//! Worker indices are claimed, not assigned: the pool threads and the calling thread take indices
+//! from a shared counter, and once the caller has finished its own share it runs every index no
+//! thread has claimed yet. So a pool thread that the OS has descheduled (on a busy machine) delays
+//! nothing, and `f(i, n)` still runs exactly once for every `i`.
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -13,20 +18,69 @@ use std::time::{Duration, Instant};
 /// between the products of one decode step (norms, RoPE, attention), short enough to give the
 /// core back when the server is idle.
 const SPIN_BEFORE_PARK: Duration = Duration::from_micros(300);
+/// The job word packs: generation (bits 32..64), next unclaimed index (16..32), running (0..16).
+const NEXT_ONE: u64 = 1 << 16;
+const FIELD: u64 = 0xffff;
+/// Keeps the index fields of the job word from overflowing.
+const MAX_THREADS: usize = 1024;
 
 type Job<'a> = &'a (dyn Fn(usize, usize) + Sync);
 
+fn generation(word: u64) -> u32 {
+    (word >> 32) as u32
+}
+fn next_index(word: u64) -> usize {
+    ((word >> 16) & FIELD) as usize
+}
+fn running(word: u64) -> usize {
+    (word & FIELD) as usize
+}
+
 struct Shared {
     threads: usize,
-    generation: AtomicUsize,
-    /// Points at a `Job` on the stack of the thread inside `run`; only read while that call waits.
+    word: AtomicU64,
+    /// Points at a `Job` on the stack of the thread inside `run`; only dereferenced by a thread
+    /// that claimed an index of the current generation, which `run` waits for.
     job: AtomicPtr<()>,
-    pending: AtomicUsize,
     sleepers: AtomicUsize,
     shutdown: AtomicBool,
     worker_panicked: AtomicBool,
     lock: Mutex<()>,
     wake: Condvar,
+}
+
+impl Shared {
+    /// Claims the next unclaimed index of generation `gen`, counting it as running.
+    fn claim(&self, gen: u32) -> Option<usize> {
+        let mut word = self.word.load(Ordering::Acquire);
+        loop {
+            if generation(word) != gen || next_index(word) >= self.threads {
+                return None;
+            }
+            match self.word.compare_exchange_weak(
+                word,
+                word + NEXT_ONE + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(next_index(word)),
+                Err(now) => word = now,
+            }
+        }
+    }
+
+    /// Runs claimed index `index` of the current job and marks it finished.
+    fn run_claimed(&self, index: usize) {
+        let job = self.job.load(Ordering::Acquire) as *const Job<'static>;
+        // SAFETY: the job pointer was stored before the generation we claimed in was published
+        // (and the claim's Acquire sees it); `run` does not return, so the job and the closure it
+        // borrows stay alive, until the running count we hold drops to zero below.
+        let job: Job<'_> = unsafe { *job };
+        if catch_unwind(AssertUnwindSafe(|| job(index, self.threads))).is_err() {
+            self.worker_panicked.store(true, Ordering::Relaxed);
+        }
+        self.word.fetch_sub(1, Ordering::Release);
+    }
 }
 
 /// A fixed set of threads that run a closure on every worker index at once.
@@ -38,15 +92,14 @@ pub struct ThreadPool {
 }
 
 impl ThreadPool {
-    /// A pool of `threads` workers in total: the thread calling [`Self::run`] is worker 0, and
-    /// `threads - 1` threads are spawned. `0` is treated as 1.
+    /// A pool of `threads` workers in total: the thread calling [`Self::run`] is one of them and
+    /// `threads - 1` threads are spawned. `0` is treated as 1, and more than 1024 as 1024.
     pub fn new(threads: usize) -> Self {
-        let threads = threads.max(1);
+        let threads = threads.clamp(1, MAX_THREADS);
         let shared = Arc::new(Shared {
             threads,
-            generation: AtomicUsize::new(0),
+            word: AtomicU64::new(threads as u64 * NEXT_ONE),
             job: AtomicPtr::new(std::ptr::null_mut()),
-            pending: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             worker_panicked: AtomicBool::new(false),
@@ -58,7 +111,7 @@ impl ThreadPool {
                 let shared = Arc::clone(&shared);
                 std::thread::Builder::new()
                     .name(format!("ternary-{index}"))
-                    .spawn(move || worker_loop(&shared, index))
+                    .spawn(move || worker_loop(&shared))
                     .expect("the OS refused to start a ternary worker thread")
             })
             .collect();
@@ -74,9 +127,10 @@ impl ThreadPool {
         self.shared.threads
     }
 
-    /// Runs `f(worker, workers)` once for every worker in `0..workers`, in parallel, and returns
-    /// when all have finished. The calling thread runs worker 0. A panic in any worker is
-    /// re-raised here after all workers are done. Calling `run` from inside `f` deadlocks.
+    /// Runs `f(worker, workers)` exactly once for every worker index in `0..workers`, in
+    /// parallel, and returns when all have finished. The calling thread runs index 0 and any
+    /// index no pool thread has picked up by then. A panic in any call is re-raised here after
+    /// all calls are done. Calling `run` from inside `f` deadlocks.
     pub fn run<F: Fn(usize, usize) + Sync>(&self, f: F) {
         let threads = self.shared.threads;
         if threads == 1 {
@@ -86,22 +140,27 @@ impl ThreadPool {
         let _serial = self.run_lock.lock().unwrap_or_else(PoisonError::into_inner);
         let job: Job<'_> = &f;
         let shared = &*self.shared;
-        shared.pending.store(threads - 1, Ordering::Relaxed);
+        let gen = generation(shared.word.load(Ordering::Relaxed)).wrapping_add(1);
         shared
             .job
             .store(&job as *const Job<'_> as *mut (), Ordering::Relaxed);
-        // SeqCst pairs with the sleeper registration in `wait_for_job`: either we see the sleeper
-        // and notify it, or it sees the new generation before waiting.
-        shared.generation.fetch_add(1, Ordering::SeqCst);
+        // Index 0 is ours. SeqCst pairs with the sleeper registration in `wait_for_job`: either
+        // we see the sleeper and notify it, or it sees the new generation before waiting.
+        shared
+            .word
+            .store((u64::from(gen) << 32) | NEXT_ONE, Ordering::SeqCst);
         if shared.sleepers.load(Ordering::SeqCst) > 0 {
             let _guard = shared.lock.lock().unwrap_or_else(PoisonError::into_inner);
             shared.wake.notify_all();
         }
         let own = catch_unwind(AssertUnwindSafe(|| f(0, threads)));
-        // The workers hold a pointer to `job` until they decrement `pending`: wait even when our
-        // own part panicked.
+        while let Some(index) = shared.claim(gen) {
+            shared.run_claimed(index);
+        }
+        // Every index is claimed now; wait for the ones still running on pool threads, which
+        // hold a pointer to `job`, even when our own part panicked.
         let started = Instant::now();
-        while shared.pending.load(Ordering::Acquire) != 0 {
+        while running(shared.word.load(Ordering::Acquire)) != 0 {
             if started.elapsed() < SPIN_BEFORE_PARK {
                 std::hint::spin_loop();
             } else {
@@ -119,18 +178,19 @@ impl ThreadPool {
 
 impl Drop for ThreadPool {
     fn drop(&mut self) {
-        self.shared.shutdown.store(true, Ordering::SeqCst);
-        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+        let shared = &*self.shared;
+        shared.shutdown.store(true, Ordering::SeqCst);
+        let gen = generation(shared.word.load(Ordering::SeqCst)).wrapping_add(1);
+        shared.word.store(
+            (u64::from(gen) << 32) | (shared.threads as u64 * NEXT_ONE),
+            Ordering::SeqCst,
+        );
         {
-            let _guard = self
-                .shared
-                .lock
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            self.shared.wake.notify_all();
+            let _guard = shared.lock.lock().unwrap_or_else(PoisonError::into_inner);
+            shared.wake.notify_all();
         }
         for handle in self.handles.drain(..) {
-            // A worker that panicked outside a job has nothing left to report at drop time.
+            // Jobs run under catch_unwind, so a worker thread has nothing left to report here.
             let _ = handle.join();
         }
     }
@@ -144,33 +204,27 @@ impl std::fmt::Debug for ThreadPool {
     }
 }
 
-fn worker_loop(shared: &Shared, index: usize) {
+fn worker_loop(shared: &Shared) {
     let mut seen = 0;
     loop {
         seen = wait_for_job(shared, seen);
         if shared.shutdown.load(Ordering::SeqCst) {
             return;
         }
-        let job = shared.job.load(Ordering::Acquire) as *const Job<'static>;
-        // SAFETY: `run` stored a pointer to a live `Job` before bumping the generation we just
-        // observed (SeqCst/Acquire), and it does not return, so the job and the closure it
-        // borrows stay alive, until every worker has decremented `pending` below.
-        let job: Job<'_> = unsafe { *job };
-        if catch_unwind(AssertUnwindSafe(|| job(index, shared.threads))).is_err() {
-            shared.worker_panicked.store(true, Ordering::Relaxed);
+        while let Some(index) = shared.claim(seen) {
+            shared.run_claimed(index);
         }
-        shared.pending.fetch_sub(1, Ordering::Release);
     }
 }
 
 /// Returns the first generation different from `seen`: spins for a while, then parks.
-fn wait_for_job(shared: &Shared, seen: usize) -> usize {
+fn wait_for_job(shared: &Shared, seen: u32) -> u32 {
     let started = Instant::now();
     loop {
         for _ in 0..64 {
-            let generation = shared.generation.load(Ordering::Acquire);
-            if generation != seen {
-                return generation;
+            let gen = generation(shared.word.load(Ordering::Acquire));
+            if gen != seen {
+                return gen;
             }
             std::hint::spin_loop();
         }
@@ -181,10 +235,10 @@ fn wait_for_job(shared: &Shared, seen: usize) -> usize {
     let mut guard = shared.lock.lock().unwrap_or_else(PoisonError::into_inner);
     shared.sleepers.fetch_add(1, Ordering::SeqCst);
     loop {
-        let generation = shared.generation.load(Ordering::SeqCst);
-        if generation != seen {
+        let gen = generation(shared.word.load(Ordering::SeqCst));
+        if gen != seen {
             shared.sleepers.fetch_sub(1, Ordering::SeqCst);
-            return generation;
+            return gen;
         }
         guard = shared
             .wake

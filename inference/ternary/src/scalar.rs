@@ -2,8 +2,9 @@
 //! same integers (ternary, int8) or the same float steps in the same order (int8 output layer);
 //! the float output-layer dots are compared within a rounding bound.
 
-use crate::dispatch::{reduce_lanes, TILE_ROWS};
+use crate::dispatch::TILE_ROWS;
 use crate::format::{CHUNK, CHUNK_BYTES};
+use crate::output::Q8_BLOCK;
 use half::f16;
 
 /// See [`crate::dispatch::TernaryTileFn`].
@@ -43,14 +44,17 @@ pub(crate) fn f32_dot(w: &[f32], x: &[f32]) -> f32 {
 
 /// See [`crate::dispatch::Q8DotFn`].
 pub(crate) fn q8_dot(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    for (block, (w, x)) in w.chunks_exact(32).zip(x.chunks_exact(32)).enumerate() {
-        let dot: i32 = w
-            .iter()
-            .zip(x)
-            .map(|(&w, &x)| i32::from(w) * i32::from(x))
-            .sum();
-        lanes[block % 8] += dot as f32 * (w_scales[block] * x_scales[block]);
+    let mut acc = 0f32;
+    for (block, (w, x)) in w.chunks(Q8_BLOCK).zip(x.chunks(Q8_BLOCK)).enumerate() {
+        acc += q8_block_dot(w, x) as f32 * (w_scales[block] * x_scales[block]);
     }
-    reduce_lanes(lanes)
+    acc
+}
+
+/// Σ w·x over one block, exact.
+pub(crate) fn q8_block_dot(w: &[i8], x: &[i8]) -> i32 {
+    w.iter()
+        .zip(x)
+        .map(|(&w, &x)| i32::from(w) * i32::from(x))
+        .sum()
 }

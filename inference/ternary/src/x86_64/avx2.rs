@@ -8,8 +8,9 @@
 //! lane is within [-32768, 32512] ⊂ i16, and it is then widened to i32 with `vpmaddwd` by 1 and
 //! reset. (bitnet.cpp widens every 32 blocks, which can overflow for extreme inputs.)
 
-use crate::dispatch::{check_tile_args, reduce_lanes, KernelTable, TILE_ROWS};
+use crate::dispatch::{check_tile_args, KernelTable, TILE_ROWS};
 use crate::format::CHUNK;
+use crate::output::Q8_BLOCK;
 use std::arch::x86_64::*;
 
 /// Chunks summed in int16 before widening to int32; see the module comment.
@@ -268,12 +269,9 @@ unsafe fn f32_dot_fma(w: &[f32], x: &[f32]) -> f32 {
 }
 
 fn q8_dot(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32]) -> f32 {
-    let blocks = w.len() / 32;
+    let blocks = w.len().div_ceil(Q8_BLOCK);
     assert!(
-        w.len().is_multiple_of(32)
-            && x.len() == w.len()
-            && w_scales.len() >= blocks
-            && x_scales.len() >= blocks,
+        x.len() == w.len() && w_scales.len() >= blocks && x_scales.len() >= blocks,
         "q8 dot arguments disagree in length"
     );
     // SAFETY: installed only after detecting AVX2; lengths checked above.
@@ -281,65 +279,31 @@ fn q8_dot(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32]) -> f32 {
 }
 
 /// Activations must be in -127..=127 (the output layer quantises them so): `vpsignb` cannot
-/// negate -128. Then |w|·x pairs are at most 2·127·127 = 32258 and `vpmaddubsw` never saturates.
+/// negate -128. Then |w|·x pairs are at most 2·127·127 = 32258 and `vpmaddubsw` never saturates;
+/// they are widened to i32 at once.
 ///
 /// # Safety
-/// AVX2; `w.len() == x.len()` a multiple of 32, one scale per 32-block in each scale slice.
+/// AVX2; `w.len() == x.len()`, one scale per block in each scale slice.
 #[target_feature(enable = "avx2")]
 unsafe fn q8_dot_avx2(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32]) -> f32 {
-    let blocks = w.len() / 32;
     let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_ps();
-    let groups = blocks / 8;
-    for group in 0..groups {
-        let mut sums = [_mm256_setzero_si256(); 8];
-        for (b, sum) in sums.iter_mut().enumerate() {
-            let offset = (group * 8 + b) * 32;
-            // SAFETY: block group*8+b < blocks, so its 32 values are in bounds.
+    let mut acc = 0f32;
+    for (block, (wb, xb)) in w.chunks(Q8_BLOCK).zip(x.chunks(Q8_BLOCK)).enumerate() {
+        let full = wb.len() / 32 * 32;
+        let mut sum = _mm256_setzero_si256();
+        for i in (0..full).step_by(32) {
+            // SAFETY: i + 32 <= full <= wb.len() == xb.len().
             let (wv, xv) = unsafe {
                 (
-                    _mm256_loadu_si256(w.as_ptr().add(offset) as *const __m256i),
-                    _mm256_loadu_si256(x.as_ptr().add(offset) as *const __m256i),
+                    _mm256_loadu_si256(wb.as_ptr().add(i) as *const __m256i),
+                    _mm256_loadu_si256(xb.as_ptr().add(i) as *const __m256i),
                 )
             };
             let products = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-            *sum = _mm256_madd_epi16(products, ones);
+            sum = _mm256_add_epi32(sum, _mm256_madd_epi16(products, ones));
         }
-        let t0 = _mm256_hadd_epi32(
-            _mm256_hadd_epi32(sums[0], sums[1]),
-            _mm256_hadd_epi32(sums[2], sums[3]),
-        );
-        let t1 = _mm256_hadd_epi32(
-            _mm256_hadd_epi32(sums[4], sums[5]),
-            _mm256_hadd_epi32(sums[6], sums[7]),
-        );
-        let dots = _mm256_add_epi32(
-            _mm256_permute2x128_si256::<0x20>(t0, t1),
-            _mm256_permute2x128_si256::<0x31>(t0, t1),
-        );
-        // SAFETY: 8 scales from group*8 < blocks are in bounds (blocks >= (group+1)*8).
-        let scales = unsafe {
-            _mm256_mul_ps(
-                _mm256_loadu_ps(w_scales.as_ptr().add(group * 8)),
-                _mm256_loadu_ps(x_scales.as_ptr().add(group * 8)),
-            )
-        };
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(dots), scales));
+        let dot = hsum_i32(sum) + crate::scalar::q8_block_dot(&wb[full..], &xb[full..]);
+        acc += dot as f32 * (w_scales[block] * x_scales[block]);
     }
-    let mut lanes = [0f32; 8];
-    // SAFETY: `lanes` is 8 floats.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-    for block in groups * 8..blocks {
-        let (wb, xb) = (
-            &w[block * 32..block * 32 + 32],
-            &x[block * 32..block * 32 + 32],
-        );
-        let dot: i32 = wb
-            .iter()
-            .zip(xb)
-            .map(|(&w, &x)| i32::from(w) * i32::from(x))
-            .sum();
-        lanes[block % 8] += dot as f32 * (w_scales[block] * x_scales[block]);
-    }
-    reduce_lanes(lanes)
+    acc
 }

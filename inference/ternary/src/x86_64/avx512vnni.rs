@@ -30,30 +30,50 @@ fn ternary_tile(tile: &[u8], x: &[i8], x_stride: usize, tokens: usize, out: &mut
     let mut token = 0;
     while token < tokens {
         let count = (tokens - token).min(TOKENS_PER_PASS);
-        // Missing tokens of a short last pass repeat the last real one; their sums are dropped.
-        let starts: [*const i8; TOKENS_PER_PASS] =
-            std::array::from_fn(|i| x[(token + i.min(count - 1)) * x_stride..].as_ptr());
+        let start = |i: usize| x[(token + i) * x_stride..].as_ptr();
+        let sums = &mut out[token * TILE_ROWS..(token + count) * TILE_ROWS];
         // SAFETY: `install` put this function in a table only after detecting AVX-512 F/BW/VNNI;
         // `check_tile_args` proved each token start has `chunks * 128` values and the tile
         // `chunks * 128` bytes.
-        let sums = unsafe { rows4_tokens4(tile.as_ptr(), starts, chunks) };
-        out[token * TILE_ROWS..(token + count) * TILE_ROWS]
-            .copy_from_slice(&sums[..count * TILE_ROWS]);
+        unsafe {
+            match count {
+                1 => sums.copy_from_slice(
+                    rows4_tokens::<1>(tile.as_ptr(), [start(0)], chunks).as_flattened(),
+                ),
+                2 => sums.copy_from_slice(
+                    rows4_tokens::<2>(tile.as_ptr(), [start(0), start(1)], chunks).as_flattened(),
+                ),
+                3 => sums.copy_from_slice(
+                    rows4_tokens::<3>(tile.as_ptr(), [start(0), start(1), start(2)], chunks)
+                        .as_flattened(),
+                ),
+                _ => sums.copy_from_slice(
+                    rows4_tokens::<4>(
+                        tile.as_ptr(),
+                        [start(0), start(1), start(2), start(3)],
+                        chunks,
+                    )
+                    .as_flattened(),
+                ),
+            }
+        }
         token += count;
     }
 }
 
+/// Σ code·x for the 4 rows of a tile and `T` tokens: `result[t][row]`.
+///
 /// # Safety
 /// AVX-512 F/BW/VNNI; `w` points at `chunks * 128` bytes and each `x` at `chunks * 128` values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn rows4_tokens4(
+unsafe fn rows4_tokens<const T: usize>(
     w: *const u8,
-    x: [*const i8; TOKENS_PER_PASS],
+    x: [*const i8; T],
     chunks: usize,
-) -> [i32; TILE_ROWS * TOKENS_PER_PASS] {
+) -> [[i32; TILE_ROWS]; T] {
     let mask = _mm512_set1_epi8(3);
     // acc[t][0] holds rows 0 (low half) and 1 (high half), acc[t][1] rows 2 and 3.
-    let mut acc = [[_mm512_setzero_si512(); 2]; TOKENS_PER_PASS];
+    let mut acc = [[_mm512_setzero_si512(); 2]; T];
     for chunk in 0..chunks {
         // SAFETY: chunk < chunks, so the tile's 128 bytes for this chunk are in bounds.
         let (w01, w23) = unsafe {
@@ -101,11 +121,11 @@ unsafe fn rows4_tokens4(
             (_mm512_and_si512(w01, mask), _mm512_and_si512(w23, mask))
         );
     }
-    let mut sums = [0i32; TILE_ROWS * TOKENS_PER_PASS];
-    for (t, acc) in acc.iter().enumerate() {
+    let mut sums = [[0i32; TILE_ROWS]; T];
+    for (sums, acc) in sums.iter_mut().zip(&acc) {
         for (half, pair) in acc.iter().enumerate() {
-            sums[t * TILE_ROWS + 2 * half] = hsum_i32(_mm512_castsi512_si256(*pair));
-            sums[t * TILE_ROWS + 2 * half + 1] = hsum_i32(_mm512_extracti64x4_epi64::<1>(*pair));
+            sums[2 * half] = hsum_i32(_mm512_castsi512_si256(*pair));
+            sums[2 * half + 1] = hsum_i32(_mm512_extracti64x4_epi64::<1>(*pair));
         }
     }
     sums
