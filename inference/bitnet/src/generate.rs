@@ -271,28 +271,27 @@ impl SyntheticModel {
         );
 
         let mut rng = SplitMix64::new(self.seed);
-        let embedding: Vec<f32> = (0..vocab_size * config.hidden)
-            .map(|_| rng.uniform(-0.25, 0.25))
-            .collect();
-        let dims = [config.hidden as u64, vocab_size as u64];
-        match self.embedding {
-            EmbeddingType::F16 => w.add_tensor(
-                names::TOKEN_EMBD,
-                &dims,
+        // Small next to the per-layer updates, so the residual stream depends on the context
+        // rather than echoing the current token through the tied output layer.
+        let embedding_values = (0..vocab_size * config.hidden).map(|_| rng.uniform(-0.25, 0.25));
+        let (embedding_type, embedding_bytes): (GgmlType, Vec<u8>) = match self.embedding {
+            EmbeddingType::F16 => (
                 GgmlType::F16,
-                embedding
-                    .iter()
-                    .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+                embedding_values
+                    .flat_map(|v| f16::from_f32(v).to_le_bytes())
                     .collect(),
-            )?,
-            EmbeddingType::F32 => w.add_tensor(
-                names::TOKEN_EMBD,
-                &dims,
+            ),
+            EmbeddingType::F32 => (
                 GgmlType::F32,
-                f32_bytes(&embedding),
-            )?,
+                embedding_values.flat_map(|v| v.to_le_bytes()).collect(),
+            ),
         };
-        drop(embedding);
+        w.add_tensor(
+            names::TOKEN_EMBD,
+            &[config.hidden as u64, vocab_size as u64],
+            embedding_type,
+            embedding_bytes,
+        )?;
 
         for layer in 0..config.layers {
             for part in names::NORMS {

@@ -493,3 +493,27 @@ fn the_generated_vocabulary_drives_the_tokenizer() {
     assert!(tokenizer.is_eog(eot));
     assert_eq!(tokenizer.encode("<|eot_id|>", false, true), vec![eot]);
 }
+
+#[test]
+fn a_loaded_model_can_be_shared_between_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Model>();
+    assert_send_sync::<KvCache>();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        &SyntheticModel::tiny(WeightFormat::Tq2_0, 12),
+        "m.gguf",
+    );
+    let model = std::sync::Arc::new(Model::load(&path, options(2)).unwrap());
+    let expected = greedy(&model, &[7, 8, 9], 8);
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let model = model.clone();
+            std::thread::spawn(move || greedy(&model, &[7, 8, 9], 8))
+        })
+        .collect();
+    for handle in handles {
+        assert_eq!(handle.join().unwrap(), expected);
+    }
+}
