@@ -11,7 +11,7 @@ use crate::activations::QuantizedActivations;
 use crate::dispatch::{active_table, table_for, Kernel, KernelTable, TILE_ROWS};
 use crate::error::FormatError;
 use crate::format::{encode, visit_chunks, WeightFormat, CHUNK, CHUNK_BYTES};
-use crate::pool::ThreadPool;
+use crate::pool::{for_each_chunk, ThreadPool};
 use crate::shared_out::SharedOut;
 
 /// Elements per TQ block, the unit of per-block scales.
@@ -229,14 +229,9 @@ impl TernaryMatrix {
     ) {
         let tiles = self.rows.div_ceil(TILE_ROWS);
         let out = SharedOut::new(out);
-        let work = |worker: usize, workers: usize| {
-            let (start, end) = (tiles * worker / workers, tiles * (worker + 1) / workers);
-            self.compute_tiles(table, x, start..end, self.rows, &out);
-        };
-        match pool {
-            Some(pool) if pool.threads() > 1 && tiles > 1 => pool.run(work),
-            _ => work(0, 1),
-        }
+        for_each_chunk(pool, tiles, |range| {
+            self.compute_tiles(table, x, range, self.rows, &out)
+        });
     }
 
     /// Computes `tiles` for all tokens, writing rows below `end_row` only.
@@ -268,7 +263,7 @@ impl TernaryMatrix {
                             let sum_x = x.sum(token);
                             for r in 0..rows_here {
                                 let dot = sums[t * TILE_ROWS + r] - sum_x;
-                                // SAFETY: row first_row + r belongs to this worker's tiles only.
+                                // SAFETY: row first_row + r is in a tile claimed by this call only.
                                 unsafe {
                                     out.write(token * rows + first_row + r, dot as f32 * factor)
                                 };
@@ -302,7 +297,7 @@ impl TernaryMatrix {
                         for t in 0..tokens {
                             let token = first_token + t;
                             for r in 0..rows_here {
-                                // SAFETY: row first_row + r belongs to this worker's tiles only.
+                                // SAFETY: row first_row + r is in a tile claimed by this call only.
                                 unsafe {
                                     out.write(
                                         token * rows + first_row + r,

@@ -7,7 +7,7 @@
 
 use crate::dispatch::{active_table, table_for, Kernel, KernelTable};
 use crate::error::FormatError;
-use crate::pool::ThreadPool;
+use crate::pool::{for_each_chunk, ThreadPool};
 use crate::shared_out::SharedOut;
 use half::f16;
 
@@ -250,8 +250,8 @@ impl OutputMatrix {
             _ => None,
         };
         let out = SharedOut::new(out);
-        let work = |worker: usize, workers: usize| {
-            for r in rows * worker / workers..rows * (worker + 1) / workers {
+        let work = |row_range: std::ops::Range<usize>| {
+            for r in row_range {
                 let range = r * cols..(r + 1) * cols;
                 for t in 0..tokens {
                     let xt = t * cols..(t + 1) * cols;
@@ -272,15 +272,12 @@ impl OutputMatrix {
                             unreachable!("int8 storage always quantises its input")
                         }
                     };
-                    // SAFETY: row r belongs to this worker only.
+                    // SAFETY: row r is in a range claimed by this call only.
                     unsafe { out.write(t * rows + r, value) };
                 }
             }
         };
-        match pool {
-            Some(pool) if pool.threads() > 1 && rows > 1 => pool.run(work),
-            _ => work(0, 1),
-        }
+        for_each_chunk(pool, rows, work);
     }
 }
 

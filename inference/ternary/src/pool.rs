@@ -176,6 +176,33 @@ impl ThreadPool {
     }
 }
 
+/// Chunks handed out per worker by [`for_each_chunk`]: enough to even out uneven progress
+/// (a core shared with another process), few enough that claiming stays negligible.
+const CHUNKS_PER_WORKER: usize = 8;
+
+/// Calls `f` on disjoint ranges covering `0..items`, claimed dynamically by the pool's workers
+/// (or on the calling thread alone without a pool). Every item is in exactly one range.
+pub(crate) fn for_each_chunk(
+    pool: Option<&ThreadPool>,
+    items: usize,
+    f: impl Fn(std::ops::Range<usize>) + Sync,
+) {
+    match pool {
+        Some(pool) if pool.threads() > 1 && items > 1 => {
+            let chunk = items.div_ceil(pool.threads() * CHUNKS_PER_WORKER).max(1);
+            let next = AtomicUsize::new(0);
+            pool.run(|_, _| loop {
+                let start = next.fetch_add(chunk, Ordering::Relaxed);
+                if start >= items {
+                    break;
+                }
+                f(start..(start + chunk).min(items));
+            });
+        }
+        _ => f(0..items),
+    }
+}
+
 impl Drop for ThreadPool {
     fn drop(&mut self) {
         let shared = &*self.shared;
