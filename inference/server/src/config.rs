@@ -1,0 +1,199 @@
+//! Server settings read from the environment (the variables of the app's `convox.yml`).
+//! Parsing is pure: it takes a lookup function, so tests need no process environment,
+//! and every refusal names the variable and says how to fix it.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything `acme-infer` needs to start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `PORT`: the TCP port to listen on (all interfaces).
+    pub port: u16,
+    /// `MODEL_PATH`: the GGUF file to serve.
+    pub model_path: PathBuf,
+    /// `MODEL_MAX_TOKENS`: the most tokens one request may generate.
+    pub max_tokens: usize,
+    /// `INFERENCE_THREADS`: worker threads for the matrix products (default: all cores).
+    pub threads: usize,
+    /// `INFERENCE_MAX_SEQUENCES`: sequences decoded together in one batch.
+    pub max_sequences: usize,
+    /// `INFERENCE_QUEUE`: requests allowed to wait for a free sequence before 503.
+    pub queue_capacity: usize,
+    /// `SHUTDOWN_GRACE_SECONDS`: how long in-flight requests may run after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+pub const DEFAULT_PORT: u16 = 8080;
+pub const DEFAULT_MAX_TOKENS: usize = 512;
+pub const DEFAULT_MAX_SEQUENCES: usize = 8;
+pub const DEFAULT_QUEUE_CAPACITY: usize = 64;
+pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 30;
+
+/// A variable whose value cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.variable, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn refuse(variable: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        message: message.into(),
+    }
+}
+
+/// Parses an integer variable in `min..=max`, or returns `default` when it is unset or empty.
+fn integer<T>(
+    lookup: &dyn Fn(&str) -> Option<String>,
+    variable: &'static str,
+    default: T,
+    min: u64,
+    max: u64,
+) -> Result<T, ConfigError>
+where
+    T: TryFrom<u64> + Copy,
+{
+    let Some(raw) = lookup(variable).filter(|v| !v.trim().is_empty()) else {
+        return Ok(default);
+    };
+    let out_of_range = || {
+        refuse(
+            variable,
+            format!("{raw:?} is not a whole number from {min} to {max}; set it to one, or unset it for the default"),
+        )
+    };
+    let value: u64 = raw.trim().parse().map_err(|_| out_of_range())?;
+    if !(min..=max).contains(&value) {
+        return Err(out_of_range());
+    }
+    T::try_from(value).map_err(|_| out_of_range())
+}
+
+impl Config {
+    /// Reads the settings through `lookup` (normally `std::env::var`).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let lookup: &dyn Fn(&str) -> Option<String> = &lookup;
+        let model_path = match lookup("MODEL_PATH").filter(|v| !v.trim().is_empty()) {
+            None => {
+                return Err(refuse(
+                    "MODEL_PATH",
+                    "is not set; set it to the path of a BitNet .gguf file inside the container",
+                ))
+            }
+            Some(path) if path.starts_with("s3://") => {
+                return Err(refuse(
+                    "MODEL_PATH",
+                    format!("{path:?} is an S3 address, which this version cannot fetch yet; download the file into the image or a volume and set MODEL_PATH to its local path"),
+                ))
+            }
+            Some(path) => PathBuf::from(path),
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Config {
+            port: integer(lookup, "PORT", DEFAULT_PORT, 1, u64::from(u16::MAX))?,
+            model_path,
+            max_tokens: integer(lookup, "MODEL_MAX_TOKENS", DEFAULT_MAX_TOKENS, 1, 1 << 20)?,
+            threads: integer(lookup, "INFERENCE_THREADS", cores, 1, 1024)?,
+            max_sequences: integer(
+                lookup,
+                "INFERENCE_MAX_SEQUENCES",
+                DEFAULT_MAX_SEQUENCES,
+                1,
+                256,
+            )?,
+            queue_capacity: integer(
+                lookup,
+                "INFERENCE_QUEUE",
+                DEFAULT_QUEUE_CAPACITY,
+                1,
+                1 << 16,
+            )?,
+            shutdown_grace: Duration::from_secs(integer(
+                lookup,
+                "SHUTDOWN_GRACE_SECONDS",
+                DEFAULT_SHUTDOWN_GRACE_SECONDS,
+                0,
+                3600,
+            )?),
+        })
+    }
+
+    /// Reads the settings from the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn defaults_apply_when_only_the_model_is_set() {
+        let config = parse(&[("MODEL_PATH", "/models/m.gguf")]).unwrap();
+        assert_eq!(config.port, 8080);
+        assert_eq!(config.max_tokens, 512);
+        assert_eq!(config.model_path, PathBuf::from("/models/m.gguf"));
+        assert!(config.threads >= 1);
+    }
+
+    #[test]
+    fn values_from_the_environment_are_used() {
+        let config = parse(&[
+            ("MODEL_PATH", "m.gguf"),
+            ("PORT", "9000"),
+            ("MODEL_MAX_TOKENS", "64"),
+            ("INFERENCE_THREADS", "3"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (config.port, config.max_tokens, config.threads),
+            (9000, 64, 3)
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (variable, value) in [
+            ("PORT", "http"),
+            ("PORT", "70000"),
+            ("PORT", "0"),
+            ("MODEL_MAX_TOKENS", "-5"),
+            ("MODEL_MAX_TOKENS", "0"),
+            ("INFERENCE_THREADS", "many"),
+        ] {
+            let error = parse(&[("MODEL_PATH", "m.gguf"), (variable, value)]).unwrap_err();
+            assert_eq!(error.variable, variable);
+            assert!(error.to_string().contains(value), "{error}");
+        }
+    }
+
+    #[test]
+    fn missing_or_s3_model_path_is_refused_with_a_fix() {
+        let missing = parse(&[]).unwrap_err();
+        assert_eq!(missing.variable, "MODEL_PATH");
+        assert!(missing.message.contains("set it"));
+        let s3 = parse(&[("MODEL_PATH", "s3://models/bitnet.gguf")]).unwrap_err();
+        assert_eq!(s3.variable, "MODEL_PATH");
+        assert!(s3.message.contains("S3"), "{s3}");
+    }
+}

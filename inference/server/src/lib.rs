@@ -1,0 +1,19 @@
+//! `acme-infer`: an OpenAI-compatible HTTP server for BitNet b1.58 models. Requests are
+//! validated and tokenized on the async executor; a scheduler thread batches the decode steps
+//! of all running sequences (continuous batching) on the `bitnet` runtime.
+//!
+//! Tests and embedders build the router with [`app`] over an [`AppState`], then load a model
+//! with [`AppState::load_model`] (from a blocking thread).
+#![deny(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod scheduler;
+pub mod state;
+
+pub use api::{app, classification_prompt};
+pub use config::{Config, ConfigError};
+pub use error::{ApiError, ApiJson};
+pub use state::{AppState, ModelIdentity, ServerSettings};
