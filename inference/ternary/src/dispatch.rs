@@ -16,22 +16,51 @@ pub(crate) const TILE_ROWS: usize = 4;
 /// The tile is `tile.len() / 128` chunks, each 4 rows × 32 bytes of codes in internal order.
 pub(crate) type TernaryTileFn =
     fn(tile: &[u8], x: &[i8], x_stride: usize, tokens: usize, out: &mut [i32]);
-/// Σ w·x for one f16 row (as raw bits) and one f32 activation row of the same length.
-pub(crate) type F16DotFn = fn(w: &[u16], x: &[f32]) -> f32;
-/// Σ w·x for f32 rows.
+/// Σ w·x of one f16 row (raw bits) with each of `tokens` f32 activation rows (`x` is
+/// `tokens × w.len()`): `out[t]`. Float sums; the order may differ between ISAs.
+pub(crate) type F16RowsFn = fn(w: &[u16], x: &[f32], tokens: usize, out: &mut [f32]);
+/// Σ w·x for f32 rows of equal length.
 pub(crate) type F32DotFn = fn(w: &[f32], x: &[f32]) -> f32;
-/// Σ over blocks b of (Σ w·x in block b, exact in i32) as f32 · (w_scale[b] · x_scale[b]),
-/// accumulated from 0.0 in block order. Blocks are `Q8_BLOCK` values, the last one possibly shorter.
-pub(crate) type Q8DotFn = fn(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32]) -> f32;
+/// One int8 row (blocks of `Q8_BLOCK` values, the last possibly shorter, scales `w_scales`)
+/// against `tokens` int8 activation rows (`x` is `tokens × w.len()`, `x_scales` is
+/// `tokens × w_scales.len()`): `out[t] = Σ_b (Σ_{k in b} w·x, exact) as f32 · (w_scale[b] · x_scale[t][b])`,
+/// accumulated from 0.0 in block order, so every ISA gives the same bits.
+pub(crate) type Q8RowsFn =
+    fn(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32], tokens: usize, out: &mut [f32]);
+
+/// Checks the arguments of an output-layer row kernel; SIMD kernels rely on it for memory safety.
+pub(crate) fn check_rows_args(
+    cols: usize,
+    x_len: usize,
+    blocks: usize,
+    x_scales_len: usize,
+    tokens: usize,
+    out_len: usize,
+) {
+    assert!(
+        x_len >= tokens * cols,
+        "activations hold {x_len} values, need {}",
+        tokens * cols
+    );
+    assert!(
+        x_scales_len >= tokens * blocks,
+        "activation scales hold {x_scales_len}, need {}",
+        tokens * blocks
+    );
+    assert!(
+        out_len >= tokens,
+        "output holds {out_len} values, need {tokens}"
+    );
+}
 
 /// One implementation of every kernel slot.
 #[derive(Clone, Copy)]
 pub(crate) struct KernelTable {
     pub kernel: Kernel,
     pub ternary_tile: TernaryTileFn,
-    pub f16_dot: F16DotFn,
+    pub f16_rows: F16RowsFn,
     pub f32_dot: F32DotFn,
-    pub q8_dot: Q8DotFn,
+    pub q8_rows: Q8RowsFn,
 }
 
 impl fmt::Debug for KernelTable {
@@ -144,9 +173,9 @@ fn scalar_table() -> KernelTable {
     KernelTable {
         kernel: Kernel::Scalar,
         ternary_tile: crate::scalar::ternary_tile,
-        f16_dot: crate::scalar::f16_dot,
+        f16_rows: crate::scalar::f16_rows,
         f32_dot: crate::scalar::f32_dot,
-        q8_dot: crate::scalar::q8_dot,
+        q8_rows: crate::scalar::q8_rows,
     }
 }
 

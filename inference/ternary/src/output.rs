@@ -11,6 +11,9 @@ use crate::pool::{for_each_chunk, ThreadPool};
 use crate::shared_out::SharedOut;
 use half::f16;
 
+/// Tokens handed to one row kernel call: the row is read from memory once per batch.
+const TOKEN_BATCH: usize = 16;
+
 /// Values per int8 block, each with its own scale; the last block of a row may be shorter.
 pub const Q8_BLOCK: usize = 256;
 
@@ -251,29 +254,42 @@ impl OutputMatrix {
         };
         let out = SharedOut::new(out);
         let work = |row_range: std::ops::Range<usize>| {
+            let mut values = [0f32; TOKEN_BATCH];
             for r in row_range {
                 let range = r * cols..(r + 1) * cols;
-                for t in 0..tokens {
-                    let xt = t * cols..(t + 1) * cols;
-                    let value = match (&self.storage, &quantized) {
-                        (Storage::F16(w), _) => (table.f16_dot)(&w[range.clone()], &x[xt]),
-                        (Storage::F32(w), _) => (table.f32_dot)(&w[range.clone()], &x[xt]),
-                        (Storage::Int8 { values, scales }, Some((xq, xs))) => {
-                            let w_blocks = r * blocks..(r + 1) * blocks;
-                            let x_blocks = t * blocks..(t + 1) * blocks;
-                            (table.q8_dot)(
-                                &values[range.clone()],
-                                &scales[w_blocks],
-                                &xq[xt],
-                                &xs[x_blocks],
-                            )
+                for first in (0..tokens).step_by(TOKEN_BATCH) {
+                    let count = TOKEN_BATCH.min(tokens - first);
+                    let values = &mut values[..count];
+                    let xs = first * cols..(first + count) * cols;
+                    match (&self.storage, &quantized) {
+                        (Storage::F16(w), _) => {
+                            (table.f16_rows)(&w[range.clone()], &x[xs], count, values)
                         }
+                        (Storage::F32(w), _) => {
+                            for (t, value) in values.iter_mut().enumerate() {
+                                *value = (table.f32_dot)(
+                                    &w[range.clone()],
+                                    &x[(first + t) * cols..(first + t + 1) * cols],
+                                );
+                            }
+                        }
+                        (Storage::Int8 { values: w, scales }, Some((xq, x_scales))) => (table
+                            .q8_rows)(
+                            &w[range.clone()],
+                            &scales[r * blocks..(r + 1) * blocks],
+                            &xq[xs],
+                            &x_scales[first * blocks..(first + count) * blocks],
+                            count,
+                            values,
+                        ),
                         (Storage::Int8 { .. }, None) => {
                             unreachable!("int8 storage always quantises its input")
                         }
-                    };
-                    // SAFETY: row r is in a range claimed by this call only.
-                    unsafe { out.write(t * rows + r, value) };
+                    }
+                    for (t, &value) in values.iter().enumerate() {
+                        // SAFETY: row r is in a range claimed by this call only.
+                        unsafe { out.write((first + t) * rows + r, value) };
+                    }
                 }
             }
         };

@@ -37,18 +37,41 @@ pub(crate) fn f16_dot(w: &[u16], x: &[f32]) -> f32 {
         .sum()
 }
 
+/// See [`crate::dispatch::F16RowsFn`].
+pub(crate) fn f16_rows(w: &[u16], x: &[f32], tokens: usize, out: &mut [f32]) {
+    crate::dispatch::check_rows_args(w.len(), x.len(), 0, 0, tokens, out.len());
+    for (t, out) in out[..tokens].iter_mut().enumerate() {
+        *out = f16_dot(w, &x[t * w.len()..(t + 1) * w.len()]);
+    }
+}
+
 /// Σ w·x, summed in order.
 pub(crate) fn f32_dot(w: &[f32], x: &[f32]) -> f32 {
     w.iter().zip(x).map(|(&w, &x)| w * x).sum()
 }
 
-/// See [`crate::dispatch::Q8DotFn`].
-pub(crate) fn q8_dot(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32]) -> f32 {
-    let mut acc = 0f32;
-    for (block, (w, x)) in w.chunks(Q8_BLOCK).zip(x.chunks(Q8_BLOCK)).enumerate() {
-        acc += q8_block_dot(w, x) as f32 * (w_scales[block] * x_scales[block]);
+/// See [`crate::dispatch::Q8RowsFn`].
+pub(crate) fn q8_rows(
+    w: &[i8],
+    w_scales: &[f32],
+    x: &[i8],
+    x_scales: &[f32],
+    tokens: usize,
+    out: &mut [f32],
+) {
+    let (cols, blocks) = (w.len(), w_scales.len());
+    crate::dispatch::check_rows_args(cols, x.len(), blocks, x_scales.len(), tokens, out.len());
+    for (t, out) in out[..tokens].iter_mut().enumerate() {
+        let (x, x_scales) = (
+            &x[t * cols..(t + 1) * cols],
+            &x_scales[t * blocks..(t + 1) * blocks],
+        );
+        let mut acc = 0f32;
+        for (block, (w, x)) in w.chunks(Q8_BLOCK).zip(x.chunks(Q8_BLOCK)).enumerate() {
+            acc += q8_block_dot(w, x) as f32 * (w_scales[block] * x_scales[block]);
+        }
+        *out = acc;
     }
-    acc
 }
 
 /// Σ w·x over one block, exact.

@@ -283,13 +283,13 @@ fn activation_quantisation_follows_bitlinear() {
 fn output_layer_kernels_agree_with_reference() {
     let mut rng = Rng::new(13);
     let pool = ThreadPool::new(2);
-    let (rows, cols, tokens) = (37, 608, 3);
+    // 608 columns: two full 256-blocks and a short one whose length (96) is not a multiple of 64.
+    let (rows, cols) = (37, 608);
     let weights = rng.floats(rows * cols);
     let f16_bytes: Vec<u8> = weights
         .iter()
         .flat_map(|&w| half::f16::from_f32(w).to_bits().to_le_bytes())
         .collect();
-    let x = rng.floats(tokens * cols);
     let f16 = OutputMatrix::from_f16_bytes(&f16_bytes, rows, cols).unwrap();
     let f32m = OutputMatrix::from_f32(&weights, rows, cols).unwrap();
     let int8 = f16.to_int8();
@@ -299,30 +299,40 @@ fn output_layer_kernels_agree_with_reference() {
         rows * cols + rows * 3 * 4,
         "three blocks per row, the last one short"
     );
-    for matrix in [&f16, &f32m, &int8] {
-        let mut reference = vec![0.0; tokens * rows];
-        matrix.matmul_reference(&x, tokens, &mut reference);
-        for kernel in simd_kernels() {
-            let mut out = vec![0.0; tokens * rows];
-            matrix
-                .matmul_with(kernel, &x, tokens, &mut out, &pool)
-                .unwrap();
-            if matrix.is_int8() {
-                assert_eq!(out, reference, "int8 {kernel} must be bit-identical");
-            } else {
-                // Float sums in a different order: within cols·ε·Σ|w·x|.
-                for (i, (a, b)) in out.iter().zip(&reference).enumerate() {
-                    let magnitude: f32 = (0..cols)
-                        .map(|k| (weights[(i % rows) * cols + k] * x[(i / rows) * cols + k]).abs())
-                        .sum();
-                    assert!(
-                        (a - b).abs() <= cols as f32 * f32::EPSILON * magnitude,
-                        "{kernel} output {i}: {a} vs {b}"
+    for tokens in [1, 2, 3, 4, 9, 19] {
+        let x = rng.floats(tokens * cols);
+        for matrix in [&f16, &f32m, &int8] {
+            let mut reference = vec![0.0; tokens * rows];
+            matrix.matmul_reference(&x, tokens, &mut reference);
+            for kernel in simd_kernels() {
+                let mut out = vec![0.0; tokens * rows];
+                matrix
+                    .matmul_with(kernel, &x, tokens, &mut out, &pool)
+                    .unwrap();
+                if matrix.is_int8() {
+                    assert_eq!(
+                        out, reference,
+                        "int8 {kernel} must be bit-identical ({tokens} tokens)"
                     );
+                } else {
+                    // Float sums in a different order: within cols·ε·Σ|w·x|.
+                    for (i, (a, b)) in out.iter().zip(&reference).enumerate() {
+                        let magnitude: f32 = (0..cols)
+                            .map(|k| {
+                                (weights[(i % rows) * cols + k] * x[(i / rows) * cols + k]).abs()
+                            })
+                            .sum();
+                        assert!(
+                            (a - b).abs() <= cols as f32 * f32::EPSILON * magnitude,
+                            "{kernel} output {i}: {a} vs {b}"
+                        );
+                    }
                 }
             }
         }
     }
+    let tokens = 3;
+    let x = rng.floats(tokens * cols);
     // The int8 repack stays close to f32: per-block rounding of weights and inputs (each ≤ half a
     // step of max/127, i.e. < 0.4% of the block's largest value) bounds the error by about 1% of Σ|w·x|.
     let mut exact = vec![0.0; tokens * rows];

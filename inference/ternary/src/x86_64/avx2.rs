@@ -8,7 +8,7 @@
 //! lane is within [-32768, 32512] ⊂ i16, and it is then widened to i32 with `vpmaddwd` by 1 and
 //! reset. (bitnet.cpp widens every 32 blocks, which can overflow for extreme inputs.)
 
-use crate::dispatch::{check_tile_args, KernelTable, TILE_ROWS};
+use crate::dispatch::{check_rows_args, check_tile_args, KernelTable, TILE_ROWS};
 use crate::format::CHUNK;
 use crate::output::Q8_BLOCK;
 use std::arch::x86_64::*;
@@ -24,9 +24,9 @@ pub(crate) fn install(_scalar: KernelTable) -> Option<KernelTable> {
     has.then_some(KernelTable {
         kernel: crate::dispatch::Kernel::Avx2,
         ternary_tile,
-        f16_dot,
+        f16_rows,
         f32_dot,
-        q8_dot,
+        q8_rows,
     })
 }
 
@@ -200,14 +200,32 @@ fn hsum_f32(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
 }
 
-fn f16_dot(w: &[u16], x: &[f32]) -> f32 {
-    assert_eq!(w.len(), x.len(), "f16 dot of unequal lengths");
-    // SAFETY: installed only after detecting AVX2, FMA and F16C; lengths checked above.
-    unsafe { f16_dot_f16c(w, x) }
+fn f16_rows(w: &[u16], x: &[f32], tokens: usize, out: &mut [f32]) {
+    check_rows_args(w.len(), x.len(), 0, 0, tokens, out.len());
+    let cols = w.len();
+    let row = |t: usize| &x[t * cols..(t + 1) * cols];
+    let mut t = 0;
+    // SAFETY (all calls below): installed only after detecting AVX2, FMA and F16C; every
+    // activation row has exactly `cols` values (checked above).
+    while tokens - t >= 4 {
+        out[t..t + 4].copy_from_slice(&unsafe {
+            f16_rows_f16c::<4>(w, [row(t), row(t + 1), row(t + 2), row(t + 3)])
+        });
+        t += 4;
+    }
+    match tokens - t {
+        3 => out[t..t + 3]
+            .copy_from_slice(&unsafe { f16_rows_f16c::<3>(w, [row(t), row(t + 1), row(t + 2)]) }),
+        2 => out[t..t + 2].copy_from_slice(&unsafe { f16_rows_f16c::<2>(w, [row(t), row(t + 1)]) }),
+        1 => out[t] = unsafe { f16_dot_f16c(w, row(t)) },
+        _ => {}
+    }
 }
 
+/// One row against one token, with four accumulators to cover the FMA latency.
+///
 /// # Safety
-/// F16C, FMA and AVX; `w.len() == x.len()`.
+/// F16C, FMA and AVX2; `w.len() == x.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16_dot_f16c(w: &[u16], x: &[f32]) -> f32 {
     let n = w.len();
@@ -226,12 +244,45 @@ unsafe fn f16_dot_f16c(w: &[u16], x: &[f32]) -> f32 {
         }
         i += 32;
     }
-    let mut sum = hsum_f32(_mm256_add_ps(
+    hsum_f32(_mm256_add_ps(
         _mm256_add_ps(acc[0], acc[1]),
         _mm256_add_ps(acc[2], acc[3]),
-    ));
-    sum += crate::scalar::f16_dot(&w[i..], &x[i..]);
-    sum
+    )) + crate::scalar::f16_dot(&w[i..], &x[i..])
+}
+
+/// One row against `T` tokens: each 16 weights are converted once and used `T` times.
+///
+/// # Safety
+/// F16C, FMA and AVX2; every `x[t].len() == w.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_rows_f16c<const T: usize>(w: &[u16], x: [&[f32]; T]) -> [f32; T] {
+    let n = w.len();
+    let mut acc = [[_mm256_setzero_ps(); 2]; T];
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 <= n.
+        let (w0, w1) = unsafe {
+            (
+                _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(i) as *const __m128i)),
+                _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(i + 8) as *const __m128i)),
+            )
+        };
+        for (acc, x) in acc.iter_mut().zip(&x) {
+            // SAFETY: i + 16 <= n == x.len().
+            let (x0, x1) = unsafe {
+                (
+                    _mm256_loadu_ps(x.as_ptr().add(i)),
+                    _mm256_loadu_ps(x.as_ptr().add(i + 8)),
+                )
+            };
+            acc[0] = _mm256_fmadd_ps(w0, x0, acc[0]);
+            acc[1] = _mm256_fmadd_ps(w1, x1, acc[1]);
+        }
+        i += 16;
+    }
+    std::array::from_fn(|t| {
+        hsum_f32(_mm256_add_ps(acc[t][0], acc[t][1])) + crate::scalar::f16_dot(&w[i..], &x[t][i..])
+    })
 }
 
 fn f32_dot(w: &[f32], x: &[f32]) -> f32 {
@@ -260,50 +311,87 @@ unsafe fn f32_dot_fma(w: &[f32], x: &[f32]) -> f32 {
         }
         i += 32;
     }
-    let mut sum = hsum_f32(_mm256_add_ps(
+    hsum_f32(_mm256_add_ps(
         _mm256_add_ps(acc[0], acc[1]),
         _mm256_add_ps(acc[2], acc[3]),
-    ));
-    sum += crate::scalar::f32_dot(&w[i..], &x[i..]);
-    sum
+    )) + crate::scalar::f32_dot(&w[i..], &x[i..])
 }
 
-fn q8_dot(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32]) -> f32 {
-    let blocks = w.len().div_ceil(Q8_BLOCK);
+fn q8_rows(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32], tokens: usize, out: &mut [f32]) {
+    let (cols, blocks) = (w.len(), w.len().div_ceil(Q8_BLOCK));
     assert!(
-        x.len() == w.len() && w_scales.len() >= blocks && x_scales.len() >= blocks,
-        "q8 dot arguments disagree in length"
+        w_scales.len() == blocks,
+        "q8 row has {} scales for {blocks} blocks",
+        w_scales.len()
     );
-    // SAFETY: installed only after detecting AVX2; lengths checked above.
-    unsafe { q8_dot_avx2(w, w_scales, x, x_scales) }
+    check_rows_args(cols, x.len(), blocks, x_scales.len(), tokens, out.len());
+    let row = |t: usize| {
+        (
+            &x[t * cols..(t + 1) * cols],
+            &x_scales[t * blocks..(t + 1) * blocks],
+        )
+    };
+    let mut t = 0;
+    // SAFETY (all calls below): installed only after detecting AVX2; every activation row has
+    // `cols` values and `blocks` scales (checked above).
+    while tokens - t >= 4 {
+        out[t..t + 4].copy_from_slice(&unsafe {
+            q8_rows_avx2::<4>(w, w_scales, [row(t), row(t + 1), row(t + 2), row(t + 3)])
+        });
+        t += 4;
+    }
+    match tokens - t {
+        3 => out[t..t + 3].copy_from_slice(&unsafe {
+            q8_rows_avx2::<3>(w, w_scales, [row(t), row(t + 1), row(t + 2)])
+        }),
+        2 => out[t..t + 2]
+            .copy_from_slice(&unsafe { q8_rows_avx2::<2>(w, w_scales, [row(t), row(t + 1)]) }),
+        1 => out[t] = unsafe { q8_rows_avx2::<1>(w, w_scales, [row(t)]) }[0],
+        _ => {}
+    }
 }
 
+/// One int8 row against `T` tokens; |w| is computed once per 32 weights and used `T` times.
 /// Activations must be in -127..=127 (the output layer quantises them so): `vpsignb` cannot
-/// negate -128. Then |w|·x pairs are at most 2·127·127 = 32258 and `vpmaddubsw` never saturates;
-/// they are widened to i32 at once.
+/// negate -128. Then |w|·x pairs are at most 2·127·127 = 32258, `vpmaddubsw` never saturates,
+/// and the pairs are widened to i32 at once.
 ///
 /// # Safety
-/// AVX2; `w.len() == x.len()`, one scale per block in each scale slice.
+/// AVX2; every `x[t].0.len() == w.len()` and every scale slice has one scale per block.
 #[target_feature(enable = "avx2")]
-unsafe fn q8_dot_avx2(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32]) -> f32 {
+unsafe fn q8_rows_avx2<const T: usize>(
+    w: &[i8],
+    w_scales: &[f32],
+    x: [(&[i8], &[f32]); T],
+) -> [f32; T] {
     let ones = _mm256_set1_epi16(1);
-    let mut acc = 0f32;
-    for (block, (wb, xb)) in w.chunks(Q8_BLOCK).zip(x.chunks(Q8_BLOCK)).enumerate() {
+    let mut acc = [0f32; T];
+    for (block, wb) in w.chunks(Q8_BLOCK).enumerate() {
+        let start = block * Q8_BLOCK;
         let full = wb.len() / 32 * 32;
-        let mut sum = _mm256_setzero_si256();
+        let mut sums = [_mm256_setzero_si256(); T];
         for i in (0..full).step_by(32) {
-            // SAFETY: i + 32 <= full <= wb.len() == xb.len().
-            let (wv, xv) = unsafe {
-                (
-                    _mm256_loadu_si256(wb.as_ptr().add(i) as *const __m256i),
-                    _mm256_loadu_si256(xb.as_ptr().add(i) as *const __m256i),
-                )
-            };
-            let products = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-            sum = _mm256_add_epi32(sum, _mm256_madd_epi16(products, ones));
+            // SAFETY: start + i + 32 <= start + full <= w.len().
+            let wv = unsafe { _mm256_loadu_si256(w.as_ptr().add(start + i) as *const __m256i) };
+            let magnitude = _mm256_sign_epi8(wv, wv);
+            for (sum, (xt, _)) in sums.iter_mut().zip(&x) {
+                // SAFETY: each activation row is as long as `w`.
+                let xv =
+                    unsafe { _mm256_loadu_si256(xt.as_ptr().add(start + i) as *const __m256i) };
+                *sum = _mm256_add_epi32(
+                    *sum,
+                    _mm256_madd_epi16(
+                        _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(xv, wv)),
+                        ones,
+                    ),
+                );
+            }
         }
-        let dot = hsum_i32(sum) + crate::scalar::q8_block_dot(&wb[full..], &xb[full..]);
-        acc += dot as f32 * (w_scales[block] * x_scales[block]);
+        for ((acc, sum), (xt, xs)) in acc.iter_mut().zip(sums).zip(&x) {
+            let tail =
+                crate::scalar::q8_block_dot(&wb[full..], &xt[start + full..start + wb.len()]);
+            *acc += (hsum_i32(sum) + tail) as f32 * (w_scales[block] * xs[block]);
+        }
     }
     acc
 }

@@ -2,10 +2,12 @@
 //! load holds the 32-byte code groups of two rows of a tile, and the 32 activations of a group are
 //! broadcast to both halves, so one `vpdpbusd` does 64 MACs for two rows at once. int32 lanes need
 //! no widening (each gains at most 4·2·128 = 1024 per instruction, rows are at most 2^22 long).
-//! The other slots stay AVX2.
+//! The int8 output layer uses `vpdpbusd` too, on activations shifted to unsigned (x + 128) with
+//! the shift removed exactly through a second `vpdpbusd` of 128 × w. The float slots stay AVX2.
 
-use crate::dispatch::{check_tile_args, KernelTable, TILE_ROWS};
+use crate::dispatch::{check_rows_args, check_tile_args, KernelTable, TILE_ROWS};
 use crate::format::CHUNK;
+use crate::output::Q8_BLOCK;
 use std::arch::x86_64::*;
 
 /// Tokens sharing one pass over a tile's codes.
@@ -20,6 +22,7 @@ pub(crate) fn install(table: KernelTable) -> Option<KernelTable> {
     has.then_some(KernelTable {
         kernel: crate::dispatch::Kernel::Avx512Vnni,
         ternary_tile,
+        q8_rows,
         ..table
     })
 }
@@ -136,4 +139,80 @@ fn hsum_i32(v: __m256i) -> i32 {
     let quad = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
     let pair = _mm_add_epi32(quad, _mm_unpackhi_epi64(quad, quad));
     _mm_cvtsi128_si32(_mm_add_epi32(pair, _mm_shuffle_epi32::<1>(pair)))
+}
+
+fn q8_rows(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32], tokens: usize, out: &mut [f32]) {
+    let (cols, blocks) = (w.len(), w.len().div_ceil(Q8_BLOCK));
+    assert!(
+        w_scales.len() == blocks,
+        "q8 row has {} scales for {blocks} blocks",
+        w_scales.len()
+    );
+    check_rows_args(cols, x.len(), blocks, x_scales.len(), tokens, out.len());
+    let row = |t: usize| {
+        (
+            &x[t * cols..(t + 1) * cols],
+            &x_scales[t * blocks..(t + 1) * blocks],
+        )
+    };
+    let mut t = 0;
+    // SAFETY (all calls below): installed only after detecting AVX-512 F/BW/VNNI; every
+    // activation row has `cols` values and `blocks` scales (checked above).
+    while tokens - t >= 4 {
+        out[t..t + 4].copy_from_slice(&unsafe {
+            q8_rows_vnni::<4>(w, w_scales, [row(t), row(t + 1), row(t + 2), row(t + 3)])
+        });
+        t += 4;
+    }
+    match tokens - t {
+        3 => out[t..t + 3].copy_from_slice(&unsafe {
+            q8_rows_vnni::<3>(w, w_scales, [row(t), row(t + 1), row(t + 2)])
+        }),
+        2 => out[t..t + 2]
+            .copy_from_slice(&unsafe { q8_rows_vnni::<2>(w, w_scales, [row(t), row(t + 1)]) }),
+        1 => out[t] = unsafe { q8_rows_vnni::<1>(w, w_scales, [row(t)]) }[0],
+        _ => {}
+    }
+}
+
+/// One int8 row against `T` tokens. `vpdpbusd` multiplies unsigned by signed bytes, so each
+/// activation is taken as x + 128 (x XOR 0x80 read as u8) and 128·Σw, from a `vpdpbusd` of the
+/// constant 128 with w, is subtracted per block. Lane sums stay far inside i32: a 256-block
+/// contributes at most 256·255·127 < 2^23.
+///
+/// # Safety
+/// AVX-512 F/BW/VNNI; every `x[t].0.len() == w.len()` and every scale slice has one scale per block.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn q8_rows_vnni<const T: usize>(
+    w: &[i8],
+    w_scales: &[f32],
+    x: [(&[i8], &[f32]); T],
+) -> [f32; T] {
+    let bias = _mm512_set1_epi8(i8::MIN);
+    let mut acc = [0f32; T];
+    for (block, wb) in w.chunks(Q8_BLOCK).enumerate() {
+        let start = block * Q8_BLOCK;
+        let full = wb.len() / 64 * 64;
+        let mut sums = [_mm512_setzero_si512(); T];
+        let mut shift = _mm512_setzero_si512();
+        for i in (0..full).step_by(64) {
+            // SAFETY: start + i + 64 <= start + full <= w.len().
+            let wv = unsafe { _mm512_loadu_si512(w.as_ptr().add(start + i) as *const __m512i) };
+            shift = _mm512_dpbusd_epi32(shift, bias, wv);
+            for (sum, (xt, _)) in sums.iter_mut().zip(&x) {
+                // SAFETY: each activation row is as long as `w`.
+                let xv =
+                    unsafe { _mm512_loadu_si512(xt.as_ptr().add(start + i) as *const __m512i) };
+                *sum = _mm512_dpbusd_epi32(*sum, _mm512_xor_si512(xv, bias), wv);
+            }
+        }
+        let shift = _mm512_reduce_add_epi32(shift);
+        for ((acc, sum), (xt, xs)) in acc.iter_mut().zip(sums).zip(&x) {
+            let tail =
+                crate::scalar::q8_block_dot(&wb[full..], &xt[start + full..start + wb.len()]);
+            *acc += (_mm512_reduce_add_epi32(sum) - shift + tail) as f32
+                * (w_scales[block] * xs[block]);
+        }
+    }
+    acc
 }
