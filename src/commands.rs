@@ -218,21 +218,33 @@ pub async fn status(ctx: &Ctx, settings: &Settings) -> Result<Summary> {
         let (i, v) = j.expect("status task");
         found[i] = Some(v);
     }
-    let values: Vec<serde_json::Value> = found.into_iter().flatten().collect();
-    let builds: Vec<&str> = values.iter().filter_map(|v| v["build"].as_str()).collect();
-    let majority = builds
+    let mut values: Vec<serde_json::Value> = found.into_iter().flatten().collect();
+    // Imported builds get new ids in each rack; the image digest says whether they are the same.
+    let identity = |v: &serde_json::Value| {
+        v["digest"]
+            .as_str()
+            .or_else(|| v["build"].as_str())
+            .map(str::to_string)
+    };
+    let identities: Vec<String> = values.iter().filter_map(identity).collect();
+    let majority = identities
         .iter()
-        .max_by_key(|b| builds.iter().filter(|x| x == b).count())
-        .map(|b| b.to_string());
+        .max_by_key(|b| identities.iter().filter(|x| x == b).count())
+        .cloned();
+    for v in &mut values {
+        let drift = majority.is_some() && identity(v) != majority;
+        v["drift"] = json!(drift);
+    }
     let rows: Vec<Vec<String>> = values
         .iter()
         .map(|v| {
             let s = |k: &str| v[k].as_str().unwrap_or("-").to_string();
             let mut build = s("build");
-            if majority
-                .as_deref()
-                .is_some_and(|m| v["build"].as_str().is_some_and(|b| b != m))
-            {
+            if let Some(d) = v["digest"].as_str() {
+                // Enough of the digest to tell images apart at a glance.
+                build.push_str(&format!(" {}", &d[..d.len().min(19)]));
+            }
+            if v["drift"] == true {
                 build.push_str(" (drift)");
             }
             vec![
@@ -244,7 +256,7 @@ pub async fn status(ctx: &Ctx, settings: &Settings) -> Result<Summary> {
                 v["processes"]
                     .as_u64()
                     .map_or("-".into(), |n| n.to_string()),
-                s("journal"),
+                v["journal"]["summary"].as_str().unwrap_or("-").to_string(),
             ]
         })
         .collect();
@@ -298,13 +310,26 @@ async fn rack_status(ctx: &Ctx, name: &str, health_path: &str) -> serde_json::Va
     let journal_state = engine::latest_run_for(&ctx.cfg.state.dir, name)
         .ok()
         .flatten()
-        .map(|s| journal_line(&s, name));
+        .map(|s| {
+            json!({"summary": journal_line(&s, name), "run": s.run, "owner": s.owner,
+                "reason": s.reason, "started": s.started, "phase": s.racks[name].phase})
+        });
     let Ok(info) = info else {
         return json!({"rack": name, "region": region, "release": null, "build": null,
             "health": format!("unreachable: {}", info.unwrap_err()), "processes": null, "journal": journal_state});
     };
     let (r, rel) = (name.to_string(), info.release.clone());
     let build = ctx.convox(move |c| c.release_build(&r, &rel)).await.ok();
+    let digest = match &build {
+        Some(b) => {
+            let (r, b) = (name.to_string(), b.clone());
+            ctx.convox(move |c| c.build_digest(&r, &b))
+                .await
+                .ok()
+                .flatten()
+        }
+        None => None,
+    };
     let r = name.to_string();
     let processes = ctx.convox(move |c| c.processes(&r)).await.ok();
     let service = ctx.cfg.app.service.clone();
@@ -337,7 +362,7 @@ async fn rack_status(ctx: &Ctx, name: &str, health_path: &str) -> serde_json::Va
         None => "no domain".to_string(),
     };
     json!({"rack": name, "region": region, "release": info.release, "status": info.status,
-        "build": build, "health": health, "processes": running, "journal": journal_state})
+        "build": build, "digest": digest, "health": health, "processes": running, "journal": journal_state})
 }
 
 fn journal_line(state: &RunState, rack: &str) -> String {
@@ -345,20 +370,9 @@ fn journal_line(state: &RunState, rack: &str) -> String {
     let end = match state.finished {
         Some(o) => format!("{o:?}").to_lowercase(),
         None if state.interrupted => "interrupted".into(),
-        None => "running or killed".into(),
+        None => "running, or killed".into(),
     };
-    let why = state
-        .reason
-        .as_deref()
-        .map(|r| format!(", \"{r}\""))
-        .unwrap_or_default();
-    format!(
-        "{}: {} (run {end}, by {} since {}{why})",
-        state.run,
-        r.phase.label(),
-        state.owner,
-        state.started
-    )
+    format!("{} (run {}: {end})", r.phase.label(), state.run)
 }
 
 pub async fn rollback(ctx: &Ctx, settings: &Settings, args: RollbackArgs) -> Result<Summary> {

@@ -155,27 +155,14 @@ impl Convox {
 
     /// Runs `convox ARGS -r RACK -a APP` and returns its output, or the classified failure.
     pub fn run(&self, rack: &str, args: &[&str], timeout: Duration) -> Result<Output, ConvoxError> {
-        self.run_in(rack, args, timeout, None)
-    }
-
-    fn run_in(
-        &self,
-        rack: &str,
-        args: &[&str],
-        timeout: Duration,
-        cwd: Option<&Path>,
-    ) -> Result<Output, ConvoxError> {
         let mut argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         argv.extend(["-r".into(), rack.into(), "-a".into(), self.app.clone()]);
         let shown = format!("convox {}", argv.join(" "));
-        let mut cmd = duct::cmd(&self.bin, &argv)
+        let cmd = duct::cmd(&self.bin, &argv)
             .stdin_null()
             .stdout_capture()
             .stderr_capture()
             .unchecked();
-        if let Some(dir) = cwd {
-            cmd = cmd.dir(dir);
-        }
         let handle = cmd.start().map_err(|e| ConvoxError::Missing {
             bin: self.bin.display().to_string(),
             reason: e.to_string(),
@@ -276,18 +263,36 @@ impl Convox {
             })
     }
 
-    /// Builds `dir` in `rack`; returns the new release id (not promoted).
-    pub fn build(&self, rack: &str, dir: &Path, description: &str) -> Result<String, ConvoxError> {
-        let out = self.run_in(
+    /// Builds `dir` with the manifest `manifest` (relative to `dir`) in `rack`; returns the new
+    /// release id (not promoted).
+    pub fn build(
+        &self,
+        rack: &str,
+        dir: &Path,
+        manifest: &str,
+        description: &str,
+    ) -> Result<String, ConvoxError> {
+        let dir = dir.to_string_lossy();
+        let out = self.run(
             rack,
-            &["build", ".", "--id", "-d", description],
+            &["build", &dir, "-m", manifest, "--id", "-d", description],
             self.deploy_timeout,
-            Some(dir),
         )?;
         parse_id(&out.stdout).map_err(|source| ConvoxError::Parse {
             argv: "convox build --id".into(),
             source,
         })
+    }
+
+    /// The image digest a build's log reports (`… digest: sha256:… size: N`, as `docker push`
+    /// and `builds import` print it), if it reports one.
+    pub fn build_digest(&self, rack: &str, build: &str) -> Result<Option<String>, ConvoxError> {
+        let out = self.read(rack, &["builds", "logs", build])?;
+        Ok(out.stdout.lines().find_map(|l| {
+            let (_, rest) = l.split_once("digest: ")?;
+            let digest = rest.split_whitespace().next()?;
+            digest.starts_with("sha256:").then(|| digest.to_string())
+        }))
     }
 
     pub fn export_build(&self, rack: &str, build: &str, file: &Path) -> Result<(), ConvoxError> {
@@ -426,8 +431,8 @@ fn go_duration(d: Duration) -> String {
 fn classify(rack: &str, argv: String, code: i32, stdout: &str, stderr: &str) -> ConvoxError {
     let last_error = |text: &str| {
         text.lines()
-            .filter_map(|l| l.strip_prefix("ERROR: "))
-            .last()
+            .rev()
+            .find_map(|l| l.strip_prefix("ERROR: "))
             .map(|m| m.trim().to_string())
     };
     let message = last_error(stderr)

@@ -145,7 +145,14 @@ fn describe(event: &Event) -> Option<String> {
             rack,
             build,
             release,
-        } => format!("[{rack}] has build {build} as release {release}"),
+            digest,
+        } => format!(
+            "[{rack}] has build {build} as release {release}{}",
+            digest
+                .as_deref()
+                .map(|d| format!(" (image {d})"))
+                .unwrap_or_default()
+        ),
         Event::WaveStarted { wave, racks } => format!("{wave}: {}", racks.join(", ")),
         Event::Promoting { rack, release } => format!("[{rack}] promoting {release}"),
         Event::Promoted { rack, release } => format!("[{rack}] promoted {release}"),

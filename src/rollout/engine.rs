@@ -416,7 +416,7 @@ async fn ship(live: &Arc<Live>) -> Result<(), RackFailure> {
             let description = format!("acme-rollout {}", live.journal.run());
             let (r, dir) = (rack.clone(), staged.dir.clone());
             let release = ctx
-                .convox(move |c| c.build(&r, &dir, &description))
+                .convox(move |c| c.build(&r, &dir, STAGED_MANIFEST, &description))
                 .await
                 .map_err(convox_failure)?;
             let (r, rel) = (rack.clone(), release.clone());
@@ -435,6 +435,11 @@ async fn ship(live: &Arc<Live>) -> Result<(), RackFailure> {
             (rack, build, release)
         }
     };
+    let (r, b) = (first_rack.clone(), build.clone());
+    let digest = ctx
+        .convox(move |c| c.build_digest(&r, &b))
+        .await
+        .map_err(convox_failure)?;
     if missing.contains(&first_rack) {
         emit_or_fail(
             live,
@@ -442,6 +447,7 @@ async fn ship(live: &Arc<Live>) -> Result<(), RackFailure> {
                 rack: first_rack.clone(),
                 build: build.clone(),
                 release: release.clone(),
+                digest: digest.clone(),
             },
         )?;
     }
@@ -459,7 +465,7 @@ async fn ship(live: &Arc<Live>) -> Result<(), RackFailure> {
     for rack in others {
         let live = live.clone();
         let file = file.clone();
-        let build = build.clone();
+        let digest = digest.clone();
         tasks.spawn(async move {
             let r = rack.clone();
             let release = live
@@ -473,15 +479,28 @@ async fn ship(live: &Arc<Live>) -> Result<(), RackFailure> {
                 .convox(move |c| c.release_build(&r, &rel))
                 .await
                 .map_err(convox_failure)?;
+            let (r, b) = (rack.clone(), imported.clone());
+            let imported_digest = live
+                .ctx
+                .convox(move |c| c.build_digest(&r, &b))
+                .await
+                .map_err(convox_failure)?;
+            if let (Some(want), Some(got)) = (&digest, &imported_digest) {
+                if want != got {
+                    return Err(RackFailure::Error(format!(
+                        "{rack}: the imported build {imported} has image {got}, not the exported {want}"
+                    )));
+                }
+            }
             emit_or_fail(
                 &live,
                 Event::Shipped {
                     rack,
                     build: imported,
                     release,
+                    digest: imported_digest.or(digest),
                 },
             )?;
-            let _ = build;
             Ok::<(), RackFailure>(())
         });
     }
@@ -493,6 +512,10 @@ async fn ship(live: &Arc<Live>) -> Result<(), RackFailure> {
     }
     result
 }
+
+/// Name of the rendered manifest inside the build context (passed as `convox build -m`); a name
+/// of its own so that an operator's `convox.yml` there is never overwritten.
+pub const STAGED_MANIFEST: &str = ".acme-rollout.convox.yml";
 
 /// The build context handed to `convox build`: the app's source with the manifest rendered
 /// into it. The source tree is used in place (convox honours its `.dockerignore`); only the
@@ -522,7 +545,7 @@ pub fn stage_build_context(cfg: &Config) -> Result<StagedContext> {
             cfg.app.manifest.display()
         )
     })?;
-    let manifest = dir.join("convox.yml");
+    let manifest = dir.join(STAGED_MANIFEST);
     std::fs::write(&manifest, template)
         .with_context(|| format!("cannot write {}", manifest.display()))?;
     Ok(StagedContext { dir, manifest })
@@ -804,6 +827,7 @@ pub async fn summarize(ctx: &Ctx, state: &RunState, outcome: Outcome) -> Summary
             region: run.start.region.clone(),
             release,
             build,
+            digest: run.digest.clone(),
             state: state_label,
             detail: run.failure.clone(),
         });

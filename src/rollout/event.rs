@@ -36,6 +36,9 @@ pub enum Event {
         rack: String,
         build: String,
         release: String,
+        /// The image digest, the same in every rack (byte-identical images).
+        #[serde(default)]
+        digest: Option<String>,
     },
     #[serde(rename = "wave.started")]
     WaveStarted { wave: String, racks: Vec<String> },

@@ -128,9 +128,8 @@ pub async fn bake(
             if now >= next_health {
                 next_health = now + h.interval;
                 samples += 1;
-                match health_sample(http, domain, h, &mut streak, &mut failures).await {
-                    Some(v) => return v,
-                    None => {}
+                if let Some(v) = health_sample(http, domain, h, &mut streak, &mut failures).await {
+                    return v;
                 }
             }
         }

@@ -159,6 +159,7 @@ pub struct RackRun {
     pub start: RackStart,
     pub target_release: Option<String>,
     pub target_build: Option<String>,
+    pub digest: Option<String>,
     pub phase: Phase,
     /// The release the rack runs after a rollback (a copy of the previous one).
     pub rolled_back_release: Option<String>,
@@ -215,6 +216,7 @@ impl RunState {
                             start: r.clone(),
                             target_release: None,
                             target_build: None,
+                            digest: None,
                             phase: Phase::Pending,
                             rolled_back_release: None,
                             failure: None,
@@ -255,8 +257,14 @@ impl RunState {
             return;
         };
         match event {
-            Event::Shipped { build, release, .. } => {
+            Event::Shipped {
+                build,
+                release,
+                digest,
+                ..
+            } => {
                 rack.target_build = Some(build.clone());
+                rack.digest = digest.clone();
                 rack.target_release = Some(release.clone());
                 rack.phase = Phase::Shipped;
             }
@@ -328,6 +336,7 @@ mod tests {
                 rack: rack.into(),
                 build: "B1".into(),
                 release: format!("R{rack}1"),
+                digest: None,
             })
             .unwrap();
         }

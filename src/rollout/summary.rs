@@ -21,6 +21,8 @@ pub struct RackSummary {
     /// The release the rack runs now, as the rack reports it (or the journal, if unreachable).
     pub release: Option<String>,
     pub build: Option<String>,
+    /// The image digest of the build this run shipped to the rack, if it reports one.
+    pub digest: Option<String>,
     /// What this run did to it: untouched, promoted, rolled back, reverted by rack, …
     pub state: String,
     pub detail: Option<String>,

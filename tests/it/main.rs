@@ -1,1 +1,8 @@
-//! Integration tests: drive the real binaries against the convox stand-in.
+//! Integration tests: drive the real `acme-rollout` binary against the `convox` stand-in, three
+//! racks on this machine, and check what an operator or a CI job would see.
+
+mod harness;
+
+mod deploy;
+mod errors;
+mod recovery;
