@@ -23,8 +23,10 @@ pub(crate) type F16RowsFn = fn(w: &[u16], x: &[f32], tokens: usize, out: &mut [f
 pub(crate) type F32DotFn = fn(w: &[f32], x: &[f32]) -> f32;
 /// One int8 row (blocks of `Q8_BLOCK` values, the last possibly shorter, scales `w_scales`)
 /// against `tokens` int8 activation rows (`x` is `tokens × w.len()`, `x_scales` is
-/// `tokens × w_scales.len()`): `out[t] = Σ_b (Σ_{k in b} w·x, exact) as f32 · (w_scale[b] · x_scale[t][b])`,
-/// accumulated from 0.0 in block order, so every ISA gives the same bits.
+/// `tokens × w_scales.len()`). The order of every float operation is fixed, so every ISA gives the
+/// same bits: 16 float lanes start at 0; for each block, lane l adds (exact integer Σ w·x over
+/// positions k of the block with (k mod 64)/4 == l) as f32 × (w_scale · x_scale); then the lanes
+/// are summed by halving (`scalar::reduce_lanes`).
 pub(crate) type Q8RowsFn =
     fn(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32], tokens: usize, out: &mut [f32]);
 

@@ -66,18 +66,37 @@ pub(crate) fn q8_rows(
             &x[t * cols..(t + 1) * cols],
             &x_scales[t * blocks..(t + 1) * blocks],
         );
-        let mut acc = 0f32;
+        let mut lanes = [0f32; Q8_LANES];
         for (block, (w, x)) in w.chunks(Q8_BLOCK).zip(x.chunks(Q8_BLOCK)).enumerate() {
-            acc += q8_block_dot(w, x) as f32 * (w_scales[block] * x_scales[block]);
+            q8_block_lanes(w, x, w_scales[block] * x_scales[block], &mut lanes);
         }
-        *out = acc;
+        *out = reduce_lanes(lanes);
     }
 }
 
-/// Σ w·x over one block, exact.
-pub(crate) fn q8_block_dot(w: &[i8], x: &[i8]) -> i32 {
-    w.iter()
-        .zip(x)
-        .map(|(&w, &x)| i32::from(w) * i32::from(x))
-        .sum()
+/// Lanes of the int8 output-layer sum; see [`crate::dispatch::Q8RowsFn`].
+pub(crate) const Q8_LANES: usize = 16;
+
+/// One block's float step: lane l gets the exact integer sum of the products at positions k
+/// with (k mod 64) / 4 == l (the lanes of a 512-bit `vpdpbusd`, or of two 256-bit
+/// `vpmaddubsw`+`vpmaddwd` halves), times `scale`.
+pub(crate) fn q8_block_lanes(w: &[i8], x: &[i8], scale: f32, lanes: &mut [f32; Q8_LANES]) {
+    let mut sums = [0i32; Q8_LANES];
+    for (k, (&w, &x)) in w.iter().zip(x).enumerate() {
+        sums[(k % 64) / 4] += i32::from(w) * i32::from(x);
+    }
+    for (lane, sum) in lanes.iter_mut().zip(sums) {
+        *lane += sum as f32 * scale;
+    }
+}
+
+/// Sums the lanes by halving: lane l += lane l + width for width 8, 4, 2, 1, which is what a
+/// SIMD horizontal sum does.
+pub(crate) fn reduce_lanes(mut lanes: [f32; Q8_LANES]) -> f32 {
+    for width in [8, 4, 2, 1] {
+        for l in 0..width {
+            lanes[l] += lanes[l + width];
+        }
+    }
+    lanes[0]
 }

@@ -11,6 +11,7 @@
 use crate::dispatch::{check_rows_args, check_tile_args, KernelTable, TILE_ROWS};
 use crate::format::CHUNK;
 use crate::output::Q8_BLOCK;
+use crate::scalar::{q8_block_lanes, Q8_LANES};
 use std::arch::x86_64::*;
 
 /// Chunks summed in int16 before widening to int32; see the module comment.
@@ -354,7 +355,8 @@ fn q8_rows(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32], tokens: usize
 /// One int8 row against `T` tokens; |w| is computed once per 32 weights and used `T` times.
 /// Activations must be in -127..=127 (the output layer quantises them so): `vpsignb` cannot
 /// negate -128. Then |w|·x pairs are at most 2·127·127 = 32258, `vpmaddubsw` never saturates,
-/// and the pairs are widened to i32 at once.
+/// and the pairs are widened to i32 at once. Lanes follow `Q8RowsFn`: the low register holds
+/// lanes 0–7 (bytes 0–31 of each 64), the high one lanes 8–15.
 ///
 /// # Safety
 /// AVX2; every `x[t].0.len() == w.len()` and every scale slice has one scale per block.
@@ -365,33 +367,56 @@ unsafe fn q8_rows_avx2<const T: usize>(
     x: [(&[i8], &[f32]); T],
 ) -> [f32; T] {
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [0f32; T];
+    let mut acc = [[_mm256_setzero_ps(); 2]; T];
     for (block, wb) in w.chunks(Q8_BLOCK).enumerate() {
         let start = block * Q8_BLOCK;
-        let full = wb.len() / 32 * 32;
-        let mut sums = [_mm256_setzero_si256(); T];
-        for i in (0..full).step_by(32) {
-            // SAFETY: start + i + 32 <= start + full <= w.len().
+        if wb.len() % 64 != 0 {
+            for (acc, (xt, xs)) in acc.iter_mut().zip(&x) {
+                let mut lanes = [0f32; Q8_LANES];
+                // SAFETY: `lanes` holds 16 floats.
+                unsafe {
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), acc[0]);
+                    _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[1]);
+                }
+                q8_block_lanes(
+                    wb,
+                    &xt[start..start + wb.len()],
+                    w_scales[block] * xs[block],
+                    &mut lanes,
+                );
+                // SAFETY: as above.
+                unsafe {
+                    *acc = [
+                        _mm256_loadu_ps(lanes.as_ptr()),
+                        _mm256_loadu_ps(lanes.as_ptr().add(8)),
+                    ]
+                };
+            }
+            continue;
+        }
+        let mut sums = [[_mm256_setzero_si256(); 2]; T];
+        for i in (0..wb.len()).step_by(32) {
+            // SAFETY: start + i + 32 <= start + wb.len() <= w.len().
             let wv = unsafe { _mm256_loadu_si256(w.as_ptr().add(start + i) as *const __m256i) };
             let magnitude = _mm256_sign_epi8(wv, wv);
-            for (sum, (xt, _)) in sums.iter_mut().zip(&x) {
+            let half = (i % 64) / 32;
+            for (sums, (xt, _)) in sums.iter_mut().zip(&x) {
                 // SAFETY: each activation row is as long as `w`.
                 let xv =
                     unsafe { _mm256_loadu_si256(xt.as_ptr().add(start + i) as *const __m256i) };
-                *sum = _mm256_add_epi32(
-                    *sum,
-                    _mm256_madd_epi16(
-                        _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(xv, wv)),
-                        ones,
-                    ),
+                let products = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(xv, wv)),
+                    ones,
                 );
+                sums[half] = _mm256_add_epi32(sums[half], products);
             }
         }
-        for ((acc, sum), (xt, xs)) in acc.iter_mut().zip(sums).zip(&x) {
-            let tail =
-                crate::scalar::q8_block_dot(&wb[full..], &xt[start + full..start + wb.len()]);
-            *acc += (hsum_i32(sum) + tail) as f32 * (w_scales[block] * xs[block]);
+        for ((acc, sums), (_, xs)) in acc.iter_mut().zip(sums).zip(&x) {
+            let scale = _mm256_set1_ps(w_scales[block] * xs[block]);
+            for (acc, sum) in acc.iter_mut().zip(sums) {
+                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sum), scale));
+            }
         }
     }
-    acc
+    acc.map(|[low, high]| hsum_f32(_mm256_add_ps(low, high)))
 }

@@ -8,6 +8,7 @@
 use crate::dispatch::{check_rows_args, check_tile_args, KernelTable, TILE_ROWS};
 use crate::format::CHUNK;
 use crate::output::Q8_BLOCK;
+use crate::scalar::{q8_block_lanes, Q8_LANES};
 use std::arch::x86_64::*;
 
 /// Tokens sharing one pass over a tile's codes.
@@ -176,9 +177,9 @@ fn q8_rows(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32], tokens: usize
 }
 
 /// One int8 row against `T` tokens. `vpdpbusd` multiplies unsigned by signed bytes, so each
-/// activation is taken as x + 128 (x XOR 0x80 read as u8) and 128·Σw, from a `vpdpbusd` of the
-/// constant 128 with w, is subtracted per block. Lane sums stay far inside i32: a 256-block
-/// contributes at most 256·255·127 < 2^23.
+/// activation is taken as x + 128 (x XOR 0x80 read as u8), and 128·w from a `vpdpbusd` of the
+/// constant 128 with w is subtracted lane by lane, which leaves the exact Σ w·x of each lane
+/// (at most 16·255·127 < 2^24 per block). Lanes follow `Q8RowsFn`.
 ///
 /// # Safety
 /// AVX-512 F/BW/VNNI; every `x[t].0.len() == w.len()` and every scale slice has one scale per block.
@@ -189,14 +190,29 @@ unsafe fn q8_rows_vnni<const T: usize>(
     x: [(&[i8], &[f32]); T],
 ) -> [f32; T] {
     let bias = _mm512_set1_epi8(i8::MIN);
-    let mut acc = [0f32; T];
+    let mut acc = [_mm512_setzero_ps(); T];
     for (block, wb) in w.chunks(Q8_BLOCK).enumerate() {
         let start = block * Q8_BLOCK;
-        let full = wb.len() / 64 * 64;
+        if wb.len() % 64 != 0 {
+            for (acc, (xt, xs)) in acc.iter_mut().zip(&x) {
+                let mut lanes = [0f32; Q8_LANES];
+                // SAFETY: `lanes` holds 16 floats.
+                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *acc) };
+                q8_block_lanes(
+                    wb,
+                    &xt[start..start + wb.len()],
+                    w_scales[block] * xs[block],
+                    &mut lanes,
+                );
+                // SAFETY: as above.
+                *acc = unsafe { _mm512_loadu_ps(lanes.as_ptr()) };
+            }
+            continue;
+        }
         let mut sums = [_mm512_setzero_si512(); T];
         let mut shift = _mm512_setzero_si512();
-        for i in (0..full).step_by(64) {
-            // SAFETY: start + i + 64 <= start + full <= w.len().
+        for i in (0..wb.len()).step_by(64) {
+            // SAFETY: start + i + 64 <= start + wb.len() <= w.len().
             let wv = unsafe { _mm512_loadu_si512(w.as_ptr().add(start + i) as *const __m512i) };
             shift = _mm512_dpbusd_epi32(shift, bias, wv);
             for (sum, (xt, _)) in sums.iter_mut().zip(&x) {
@@ -206,13 +222,28 @@ unsafe fn q8_rows_vnni<const T: usize>(
                 *sum = _mm512_dpbusd_epi32(*sum, _mm512_xor_si512(xv, bias), wv);
             }
         }
-        let shift = _mm512_reduce_add_epi32(shift);
-        for ((acc, sum), (xt, xs)) in acc.iter_mut().zip(sums).zip(&x) {
-            let tail =
-                crate::scalar::q8_block_dot(&wb[full..], &xt[start + full..start + wb.len()]);
-            *acc += (_mm512_reduce_add_epi32(sum) - shift + tail) as f32
-                * (w_scales[block] * xs[block]);
+        for ((acc, sum), (_, xs)) in acc.iter_mut().zip(sums).zip(&x) {
+            let exact = _mm512_sub_epi32(sum, shift);
+            *acc = _mm512_add_ps(
+                *acc,
+                _mm512_mul_ps(
+                    _mm512_cvtepi32_ps(exact),
+                    _mm512_set1_ps(w_scales[block] * xs[block]),
+                ),
+            );
         }
     }
-    acc
+    acc.map(|v| {
+        let low = _mm512_castps512_ps256(v);
+        let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        hsum_f32(_mm256_add_ps(low, high))
+    })
+}
+
+/// Sums 8 lanes by halving, as `scalar::reduce_lanes` does for its last three steps.
+#[target_feature(enable = "avx")]
+fn hsum_f32(v: __m256) -> f32 {
+    let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
 }
