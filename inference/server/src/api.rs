@@ -181,10 +181,16 @@ impl OneOrMany {
     }
 }
 
-/// Fields shared by completions and chat completions. Unknown fields are ignored, as
-/// OpenAI clients send many this server has no use for.
+/// The body of a completion or chat completion. One struct for both (rather than a
+/// flattened common part) so a wrongly typed field is named in the error's `param`. Unknown
+/// fields are ignored, as OpenAI clients send many this server has no use for.
 #[derive(Deserialize)]
-struct SamplingFields {
+struct GenerationRequest {
+    model: Option<String>,
+    /// Completions only.
+    prompt: Option<OneOrMany>,
+    /// Chat completions only.
+    messages: Option<Vec<RequestMessage>>,
     max_tokens: Option<i64>,
     /// The newer OpenAI name of `max_tokens` for chat.
     max_completion_tokens: Option<i64>,
@@ -202,22 +208,6 @@ struct SamplingFields {
 struct StreamOptions {
     #[serde(default)]
     include_usage: bool,
-}
-
-#[derive(Deserialize)]
-struct CompletionRequest {
-    model: Option<String>,
-    prompt: OneOrMany,
-    #[serde(flatten)]
-    sampling: SamplingFields,
-}
-
-#[derive(Deserialize)]
-struct ChatRequest {
-    model: Option<String>,
-    messages: Vec<RequestMessage>,
-    #[serde(flatten)]
-    sampling: SamplingFields,
 }
 
 #[derive(Deserialize)]
@@ -256,10 +246,16 @@ enum Flavor {
 
 async fn completions(
     State(state): State<AppState>,
-    ApiJson(request): ApiJson<CompletionRequest>,
+    ApiJson(mut request): ApiJson<GenerationRequest>,
 ) -> Result<Response, ApiError> {
     let ready = serving(&state)?;
-    let mut prompts = request.prompt.into_vec();
+    let Some(prompt) = request.prompt.take() else {
+        return Err(ApiError::invalid(
+            Some("prompt"),
+            "prompt is missing; send {\"prompt\": \"text to continue\"}",
+        ));
+    };
+    let mut prompts = prompt.into_vec();
     if prompts.len() != 1 {
         return Err(ApiError::invalid(
             Some("prompt"),
@@ -275,14 +271,17 @@ async fn completions(
     // chat format itself.
     let prompt = tokenizer.encode(&prompt_text, tokenizer.add_bos_default(), true);
     let stop_ids = tokenizer.eog_ids().to_vec();
-    let model = request.model.unwrap_or_else(|| ready.identity.model.clone());
+    let model = request
+        .model
+        .take()
+        .unwrap_or_else(|| ready.identity.model.clone());
     generate(
         &state,
         ready,
         prompt,
         "prompt",
         stop_ids,
-        request.sampling,
+        request,
         Flavor::Completion,
         model,
     )
@@ -291,17 +290,18 @@ async fn completions(
 
 async fn chat_completions(
     State(state): State<AppState>,
-    ApiJson(request): ApiJson<ChatRequest>,
+    ApiJson(mut request): ApiJson<GenerationRequest>,
 ) -> Result<Response, ApiError> {
     let ready = serving(&state)?;
-    if request.messages.is_empty() {
+    let request_messages = request.messages.take().unwrap_or_default();
+    if request_messages.is_empty() {
         return Err(ApiError::invalid(
             Some("messages"),
-            "messages is empty; send at least one {\"role\": \"user\", \"content\": ...} message",
+            "messages is missing or empty; send at least one {\"role\": \"user\", \"content\": ...} message",
         ));
     }
-    let mut messages = Vec::with_capacity(request.messages.len());
-    for (index, message) in request.messages.into_iter().enumerate() {
+    let mut messages = Vec::with_capacity(request_messages.len());
+    for (index, message) in request_messages.into_iter().enumerate() {
         let content = match message.content {
             MessageContent::Text(text) => text,
             MessageContent::Parts(parts) => {
@@ -333,14 +333,17 @@ async fn chat_completions(
         }
     })?;
     let stop_ids = chat::stop_token_ids(&ready.tokenizer);
-    let model = request.model.unwrap_or_else(|| ready.identity.model.clone());
+    let model = request
+        .model
+        .take()
+        .unwrap_or_else(|| ready.identity.model.clone());
     generate(
         &state,
         ready,
         prompt,
         "messages",
         stop_ids,
-        request.sampling,
+        request,
         Flavor::Chat,
         model,
     )
@@ -353,7 +356,7 @@ fn validate(
     ready: &Ready,
     prompt: &[u32],
     prompt_param: &str,
-    sampling: &SamplingFields,
+    sampling: &GenerationRequest,
 ) -> Result<(usize, Sampler, StopStrings), ApiError> {
     let limit = state.settings().max_tokens;
     if let Some(n) = sampling.n {
@@ -472,7 +475,7 @@ async fn generate(
     prompt: Vec<u32>,
     prompt_param: &str,
     stop_ids: Vec<u32>,
-    sampling: SamplingFields,
+    sampling: GenerationRequest,
     flavor: Flavor,
     model: String,
 ) -> Result<Response, ApiError> {
