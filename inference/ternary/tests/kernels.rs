@@ -168,8 +168,9 @@ fn tq_blocks_with_different_scales_use_one_float_step_per_block() {
 
 #[test]
 fn product_matches_f32_maths_within_quantisation_error() {
-    // Tolerance: activations are rounded to 1/scale steps, so each product term is off by at most
-    // |w|·0.5/scale; on top of that allow 1e-5 relative float error.
+    // Tolerance against f32 inputs: activations are rounded to 1/scale steps, so each product term
+    // is off by at most |w|·0.5/scale; on top of that allow 1e-5 of Σ|w·x| for float rounding.
+    // Against the dequantised int8 activations only that float rounding is allowed.
     let mut rng = Rng::new(5);
     let (rows, cols, tokens) = (9, 2560, 3);
     let weights = rng.floats(rows * cols);
@@ -190,6 +191,17 @@ fn product_matches_f32_maths_within_quantisation_error() {
             assert!(
                 err <= bound,
                 "t{t} r{r}: {} vs {exact}, error {err} > {bound}",
+                out[t * rows + r]
+            );
+            // Against dequantised weights × dequantised activations only float rounding remains.
+            let q = xq.token(t);
+            let term = |k: usize| w(k) * (f32::from(q[k]) / xq.scale(t));
+            let dequantised: f32 = (0..cols).map(term).sum();
+            let deq_magnitude: f32 = (0..cols).map(|k| term(k).abs()).sum();
+            let err = (out[t * rows + r] - dequantised).abs();
+            assert!(
+                err <= 1e-5 * deq_magnitude,
+                "t{t} r{r}: {} vs dequantised {dequantised}",
                 out[t * rows + r]
             );
         }
