@@ -1,11 +1,13 @@
 //! Kernel benchmark for the BitNet 2B4T shapes. Prints one table: time (median), GB/s of weight
 //! bytes, % of the streaming-read bandwidth measured in the same run (GEMV), GMAC/s and
 //! MAC/cycle/core (GEMM, against the nominal clock in /proc/cpuinfo); then scalar and f32
-//! baselines, and the per-call cost of our pool against rayon.
+//! baselines, a whole decode step (30 layers + output layer), and the per-call cost of our pool
+//! against rayon.
 //!
 //! `cargo bench -p ternary --bench kernels`. Knobs: `BENCH_QUICK=1` (fewer sizes and reps, about
-//! a minute), `BENCH_THREADS=1,2`, `BENCH_OUTPUT=0` (skip the 128256-row output layer),
-//! `TERNARY_KERNEL=...` (kernel family for the main table).
+//! a minute), `BENCH_THREADS=1,2`, `BENCH_OUTPUT=0` (skip the 128256-row output layer and the
+//! decode step), `BENCH_DECODE=0` (skip only the decode step), `TERNARY_KERNEL=...` (kernel family
+//! for the main table).
 
 use rayon::prelude::*;
 use std::hint::black_box;
@@ -26,6 +28,7 @@ const HIDDEN: usize = 2560;
 const STREAM_BYTES: usize = 256 << 20;
 
 struct Settings {
+    decode: bool,
     threads: Vec<usize>,
     tokens: Vec<usize>,
     output_layer: bool,
@@ -198,6 +201,73 @@ fn print_row(row: &Row, settings: &Settings, bandwidth: &[Bandwidth]) {
     );
 }
 
+/// One decode step of BitNet 2B4T at batch 1: the 7 ternary GEMVs of each of 30 layers (distinct
+/// copies, 521 MB, so every byte comes from DRAM as in real decoding) plus the int8 output layer.
+/// Norms, attention and the rest are not included.
+fn decode_step(
+    rng: &mut Rng,
+    pools: &[(usize, ThreadPool)],
+    output: &OutputMatrix,
+    bandwidth: &[Bandwidth],
+) {
+    const LAYERS: usize = 30;
+    let layer: Vec<TernaryMatrix> = [
+        (2560, 2560),
+        (640, 2560),
+        (640, 2560),
+        (2560, 2560),
+        (6912, 2560),
+        (6912, 2560),
+        (2560, 6912),
+    ]
+    .iter()
+    .map(|&(rows, cols)| random_ternary(rng, rows, cols))
+    .collect();
+    let layers: Vec<Vec<TernaryMatrix>> = (0..LAYERS).map(|_| layer.clone()).collect();
+    let hidden = QuantizedActivations::quantize(
+        &(0..HIDDEN).map(|_| rng.unit()).collect::<Vec<_>>(),
+        HIDDEN,
+    );
+    let ffn =
+        QuantizedActivations::quantize(&(0..6912).map(|_| rng.unit()).collect::<Vec<_>>(), 6912);
+    let x: Vec<f32> = (0..HIDDEN).map(|_| rng.unit()).collect();
+    let mut out = vec![0.0; VOCAB];
+    let ternary_bytes: usize = layers.iter().flatten().map(|m| m.weight_bytes()).sum();
+    let bytes = ternary_bytes + output.weight_bytes();
+    println!(
+        "\nDecode step, batch 1: 30 layers × 7 ternary GEMVs ({:.0} MB) + int8 output layer ({:.0} MB); norms and attention not included:",
+        ternary_bytes as f64 / 1e6,
+        output.weight_bytes() as f64 / 1e6
+    );
+    for (threads, pool) in pools {
+        let time = measure(3, Duration::from_secs(2), || {
+            for layer in &layers {
+                for matrix in layer {
+                    let x = if matrix.cols() == HIDDEN {
+                        &hidden
+                    } else {
+                        &ffn
+                    };
+                    matrix.matmul(x, &mut out[..matrix.rows()], pool);
+                }
+            }
+            output.matmul(&x, 1, &mut out, pool);
+        });
+        let stream = bandwidth.iter().find(|b| b.threads == *threads);
+        let rate = |d: Duration| bytes as f64 / d.as_secs_f64() / 1e9;
+        println!(
+            "  {threads} thread(s): median {:.1} ms ({:.1} GB/s, {:.0}% of streaming read; {:.1} tokens/s), best {:.1} ms ({:.1} GB/s, {:.0}%)",
+            time.median.as_secs_f64() * 1e3,
+            rate(time.median),
+            stream.map_or(0.0, |b| 100.0 * rate(time.median) / b.median),
+            1.0 / time.median.as_secs_f64(),
+            time.best.as_secs_f64() * 1e3,
+            rate(time.best),
+            stream.map_or(0.0, |b| 100.0 * rate(time.best) / b.best),
+        );
+    }
+}
+
 fn random_ternary(rng: &mut Rng, rows: usize, cols: usize) -> TernaryMatrix {
     let values: Vec<i8> = (0..rows * cols)
         .map(|_| (rng.next() % 3) as i8 - 1)
@@ -208,6 +278,7 @@ fn random_ternary(rng: &mut Rng, rows: usize, cols: usize) -> TernaryMatrix {
 fn main() {
     let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v != "0");
     let settings = Settings {
+        decode: std::env::var("BENCH_DECODE").map_or(true, |v| v != "0"),
         threads: env_list("BENCH_THREADS", &[1, 2]),
         tokens: if quick {
             vec![1, 32]
@@ -312,6 +383,10 @@ fn main() {
                     print_row(&row, &settings, &bandwidth);
                 }
             }
+        }
+        drop(f16);
+        if settings.decode {
+            decode_step(&mut rng, &pools, &int8, &bandwidth);
         }
     }
 
