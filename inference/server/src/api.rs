@@ -309,12 +309,10 @@ async fn chat_completions(
                 for (part_index, part) in parts.into_iter().enumerate() {
                     match (part.kind.as_str(), part.text) {
                         ("text", Some(part_text)) => text.push_str(&part_text),
-                        _ => {
-                            return Err(ApiError::invalid(
-                                Some(&format!("messages[{index}].content[{part_index}]")),
-                                "only {\"type\": \"text\", \"text\": ...} content parts are supported",
-                            ))
-                        }
+                        _ => return Err(ApiError::invalid(
+                            Some(&format!("messages[{index}].content[{part_index}]")),
+                            "only {\"type\": \"text\", \"text\": ...} content parts are supported",
+                        )),
                     }
                 }
                 text
@@ -327,10 +325,7 @@ async fn chat_completions(
             chat::ChatError::UnknownRole { index, .. } => Some(format!("messages[{index}].role")),
             _ => None,
         };
-        ApiError {
-            param,
-            ..ApiError::invalid(None, e.to_string())
-        }
+        ApiError::invalid(param.as_deref(), e.to_string())
     })?;
     let stop_ids = chat::stop_token_ids(&ready.tokenizer);
     let model = request
@@ -496,7 +491,11 @@ async fn generate(
         .map_err(queue_error)?;
     let id = format!(
         "{}-{:x}",
-        if flavor == Flavor::Chat { "chatcmpl" } else { "cmpl" },
+        if flavor == Flavor::Chat {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        },
         random_seed()
     );
     let reply = Reply {
@@ -658,7 +657,9 @@ impl Reply {
                         (data(stream_error()), Phase::Finished)
                     }
                     None => {
-                        log_line("ERROR the scheduler dropped a streamed request without finishing it");
+                        log_line(
+                            "ERROR the scheduler dropped a streamed request without finishing it",
+                        );
                         (data(stream_error()), Phase::Finished)
                     }
                 };
@@ -690,7 +691,10 @@ async fn classify(
     if request.labels.len() > MAX_LABELS {
         return Err(ApiError::invalid(
             Some("labels"),
-            format!("labels has {} entries; at most {MAX_LABELS} are allowed", request.labels.len()),
+            format!(
+                "labels has {} entries; at most {MAX_LABELS} are allowed",
+                request.labels.len()
+            ),
         ));
     }
     let tokenizer = &ready.tokenizer;

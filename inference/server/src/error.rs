@@ -16,16 +16,16 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub message: String,
+    pub message: Box<str>,
     /// OpenAI's `type`: `invalid_request_error`, `server_error`, ...
     pub kind: &'static str,
     /// The request field at fault, when there is one.
-    pub param: Option<String>,
+    pub param: Option<Box<str>>,
     pub code: Option<&'static str>,
     /// Seconds a client should wait before retrying (sent as `Retry-After`).
-    pub retry_after: Option<u64>,
+    pub retry_after: Option<u32>,
     /// What really went wrong in a 5xx; logged, never sent.
-    pub internal: Option<String>,
+    pub internal: Option<Box<str>>,
 }
 
 /// The internal detail of a 5xx, carried on the response for the logging middleware.
@@ -36,9 +36,9 @@ impl ApiError {
     pub fn invalid(param: Option<&str>, message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::BAD_REQUEST,
-            message: message.into(),
+            message: message.into().into(),
             kind: "invalid_request_error",
-            param: param.map(str::to_string),
+            param: param.map(Box::from),
             code: None,
             retry_after: None,
             internal: None,
@@ -54,10 +54,10 @@ impl ApiError {
     }
 
     /// The server cannot take the request now (loading, draining, queue full).
-    pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+    pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after: u32) -> Self {
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            message: message.into(),
+            message: message.into().into(),
             kind: "server_error",
             param: None,
             code: Some(code),
@@ -74,7 +74,7 @@ impl ApiError {
             param: None,
             code: None,
             retry_after: None,
-            internal: Some(detail.into()),
+            internal: Some(detail.into().into()),
         }
     }
 
@@ -116,7 +116,9 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if let Some(detail) = self.internal {
-            response.extensions_mut().insert(InternalDetail(detail));
+            response
+                .extensions_mut()
+                .insert(InternalDetail(detail.into()));
         }
         response
     }
@@ -171,10 +173,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 None => format!("the request body has the wrong shape: {inner}"),
             }
         };
-        ApiError {
-            param,
-            ..ApiError::invalid(None, message)
-        }
+        ApiError::invalid(param.as_deref(), message)
     })?;
     deserializer.end().map_err(|inner| {
         ApiError::invalid(
@@ -209,7 +208,11 @@ mod tests {
     #[test]
     fn malformed_and_non_utf8_bodies_are_invalid_requests() {
         let syntax = parse_json::<Probe>(b"{\"max_tokens\": 1").unwrap_err();
-        assert!(syntax.message.contains("not valid JSON"), "{}", syntax.message);
+        assert!(
+            syntax.message.contains("not valid JSON"),
+            "{}",
+            syntax.message
+        );
         let bytes = parse_json::<Probe>(b"{\"a\": \"\xff\"}").unwrap_err();
         assert!(bytes.message.contains("UTF-8"), "{}", bytes.message);
         let trailing = parse_json::<Probe>(b"{} {}").unwrap_err();

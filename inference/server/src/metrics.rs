@@ -35,7 +35,10 @@ impl Histogram {
         let mut cumulative = 0;
         for (le, n) in LATENCY_BUCKETS.iter().zip(self.buckets) {
             cumulative += n;
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+            );
         }
         let _ = writeln!(
             out,
@@ -75,7 +78,9 @@ pub struct Metrics {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding a metrics lock leaves plain numbers behind; keep serving them.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Metrics {
@@ -213,9 +218,8 @@ mod tests {
         metrics.record_request("/v1/completions", 200, Duration::from_millis(300));
         metrics.record_request("/v1/completions", 400, Duration::from_millis(1));
         let text = metrics.render();
-        assert!(text.contains(
-            "acme_infer_requests_total{endpoint=\"/v1/completions\",status=\"200\"} 2"
-        ));
+        assert!(text
+            .contains("acme_infer_requests_total{endpoint=\"/v1/completions\",status=\"200\"} 2"));
         assert!(text.contains("acme_infer_request_duration_seconds_bucket{endpoint=\"/v1/completions\",status=\"200\",le=\"0.005\"} 1"));
         assert!(text.contains("acme_infer_request_duration_seconds_bucket{endpoint=\"/v1/completions\",status=\"200\",le=\"0.5\"} 2"));
         assert!(text.contains("acme_infer_request_duration_seconds_count{endpoint=\"/v1/completions\",status=\"400\"} 1"));

@@ -210,13 +210,17 @@ impl<'m> Scheduler<'m> {
         let slot = self.cache.allocate()?;
         self.batch.clear();
         let count = job.prompt.len();
-        self.batch
-            .extend(job.prompt.iter().enumerate().map(|(pos, &token)| BatchToken {
-                slot,
-                token,
-                pos,
-                logits: pos + 1 == count,
-            }));
+        self.batch.extend(
+            job.prompt
+                .iter()
+                .enumerate()
+                .map(|(pos, &token)| BatchToken {
+                    slot,
+                    token,
+                    pos,
+                    logits: pos + 1 == count,
+                }),
+        );
         let started = Instant::now();
         let logits = match self
             .model
@@ -301,7 +305,9 @@ impl<'m> Scheduler<'m> {
             return;
         }
         let result = self.score_labels(&job.prompt, &job.labels);
-        let _ = job.reply.send(result.map_err(|e| format!("scoring failed: {e}")));
+        let _ = job
+            .reply
+            .send(result.map_err(|e| format!("scoring failed: {e}")));
     }
 
     fn score_labels(&mut self, prompt: &[u32], labels: &[Vec<u32>]) -> Result<Vec<f64>, String> {
@@ -345,17 +351,18 @@ impl<'m> Scheduler<'m> {
                 self.batch.clear();
                 // Feeding every label token but the last yields the distributions that
                 // predict tokens 2..n of the label.
-                self.batch.extend(
-                    label[..label.len() - 1]
-                        .iter()
-                        .enumerate()
-                        .map(|(i, &token)| BatchToken {
-                            slot,
-                            token,
-                            pos: prompt.len() + i,
-                            logits: true,
-                        }),
-                );
+                self.batch
+                    .extend(
+                        label[..label.len() - 1]
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &token)| BatchToken {
+                                slot,
+                                token,
+                                pos: prompt.len() + i,
+                                logits: true,
+                            }),
+                    );
                 let logits = self
                     .model
                     .forward(&mut self.cache, &mut self.scratch, &self.batch)

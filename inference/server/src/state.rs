@@ -111,8 +111,12 @@ impl AppState {
         let sha256 = sha256
             .map_err(|_| "hashing the model file panicked".to_string())?
             .map_err(|e| format!("cannot read MODEL_PATH {}: {e}", path.display()))?;
-        let model = model
-            .map_err(|e| format!("cannot load the model at MODEL_PATH {}: {e}", path.display()))?;
+        let model = model.map_err(|e| {
+            format!(
+                "cannot load the model at MODEL_PATH {}: {e}",
+                path.display()
+            )
+        })?;
         let tokenizer = model.tokenizer().map_err(|e| {
             format!(
                 "the model at MODEL_PATH {} has no usable tokenizer: {e}",
@@ -182,7 +186,9 @@ fn warm_up(model: &Model, tokenizer: &Tokenizer) -> Result<(), String> {
         .feed(&[token])
         .map_err(|e| format!("the warm-up token failed: {e}"))?;
     if logits.iter().any(|l| !l.is_finite()) {
-        return Err("the warm-up token produced non-finite logits; the model file is corrupt".into());
+        return Err(
+            "the warm-up token produced non-finite logits; the model file is corrupt".into(),
+        );
     }
     Ok(())
 }

@@ -78,7 +78,10 @@ async fn health_is_503_loading_then_200_with_the_checksum_then_503_draining() {
     assert!(health["model"].as_str().is_some_and(|m| !m.is_empty()));
 
     let metrics = get(&state, "/metrics").await.text();
-    assert!(metrics.contains("acme_infer_model_load_seconds "), "{metrics}");
+    assert!(
+        metrics.contains("acme_infer_model_load_seconds "),
+        "{metrics}"
+    );
 
     state.start_draining();
     let draining = get(&state, "/health").await;
@@ -177,7 +180,11 @@ async fn streamed_text_equals_the_non_streamed_text_and_ends_with_done() {
             .unwrap()
             .starts_with("text/event-stream"));
         let events = sse_data(&reply.text());
-        assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
+        assert_eq!(
+            events.last().map(String::as_str),
+            Some("[DONE]"),
+            "{events:?}"
+        );
         let chunks: Vec<Value> = events[..events.len() - 1]
             .iter()
             .map(|e| serde_json::from_str(e).unwrap())
@@ -284,36 +291,134 @@ async fn bad_input_gets_a_4xx_with_the_openai_error_shape() {
     let long_prompt = "lorem ipsum dolor ".repeat(400);
     let cases: Vec<(&str, Vec<u8>, u16, Option<&str>)> = vec![
         ("/v1/completions", b"{\"prompt\": ".to_vec(), 400, None),
-        ("/v1/completions", br#"{"prompt": "x", "max_tokens": "ten"}"#.to_vec(), 400, Some("max_tokens")),
-        ("/v1/completions", br#"{"prompt": "x", "max_tokens": 0}"#.to_vec(), 400, Some("max_tokens")),
-        ("/v1/completions", br#"{"prompt": "x", "max_tokens": -4}"#.to_vec(), 400, Some("max_tokens")),
-        ("/v1/completions", br#"{"prompt": "x", "max_tokens": 100000}"#.to_vec(), 400, Some("max_tokens")),
-        ("/v1/completions", br#"{"prompt": "x", "temperature": -1}"#.to_vec(), 400, Some("temperature")),
-        ("/v1/completions", br#"{"prompt": "x", "top_p": 0}"#.to_vec(), 400, Some("top_p")),
-        ("/v1/completions", br#"{"prompt": "x", "stop": [""]}"#.to_vec(), 400, Some("stop")),
-        ("/v1/completions", br#"{"prompt": "x", "n": 3}"#.to_vec(), 400, Some("n")),
-        ("/v1/completions", br#"{"max_tokens": 3}"#.to_vec(), 400, Some("prompt")),
-        ("/v1/completions", json!({"prompt": long_prompt}).to_string().into_bytes(), 400, Some("prompt")),
-        ("/v1/completions", b"{\"prompt\": \"\xff\xfe\"}".to_vec(), 400, None),
+        (
+            "/v1/completions",
+            br#"{"prompt": "x", "max_tokens": "ten"}"#.to_vec(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": "x", "max_tokens": 0}"#.to_vec(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": "x", "max_tokens": -4}"#.to_vec(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": "x", "max_tokens": 100000}"#.to_vec(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": "x", "temperature": -1}"#.to_vec(),
+            400,
+            Some("temperature"),
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": "x", "top_p": 0}"#.to_vec(),
+            400,
+            Some("top_p"),
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": "x", "stop": [""]}"#.to_vec(),
+            400,
+            Some("stop"),
+        ),
+        (
+            "/v1/completions",
+            br#"{"prompt": "x", "n": 3}"#.to_vec(),
+            400,
+            Some("n"),
+        ),
+        (
+            "/v1/completions",
+            br#"{"max_tokens": 3}"#.to_vec(),
+            400,
+            Some("prompt"),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": long_prompt}).to_string().into_bytes(),
+            400,
+            Some("prompt"),
+        ),
+        (
+            "/v1/completions",
+            b"{\"prompt\": \"\xff\xfe\"}".to_vec(),
+            400,
+            None,
+        ),
         ("/v1/completions", vec![b' '; 2 << 20], 413, None),
-        ("/v1/chat/completions", br#"{"messages": []}"#.to_vec(), 400, Some("messages")),
-        ("/v1/chat/completions", br#"{"messages": [{"role": "wizard", "content": "hi"}]}"#.to_vec(), 400, Some("messages[0].role")),
-        ("/v1/chat/completions", br#"{"messages": "hi"}"#.to_vec(), 400, Some("messages")),
-        ("/v1/classify", br#"{"input": "x", "labels": []}"#.to_vec(), 400, Some("labels")),
-        ("/v1/classify", br#"{"input": "x", "labels": ["a", " "]}"#.to_vec(), 400, Some("labels[1]")),
-        ("/v1/classify", br#"{"input": 5, "labels": ["a"]}"#.to_vec(), 400, Some("input")),
+        (
+            "/v1/chat/completions",
+            br#"{"messages": []}"#.to_vec(),
+            400,
+            Some("messages"),
+        ),
+        (
+            "/v1/chat/completions",
+            br#"{"messages": [{"role": "wizard", "content": "hi"}]}"#.to_vec(),
+            400,
+            Some("messages[0].role"),
+        ),
+        (
+            "/v1/chat/completions",
+            br#"{"messages": "hi"}"#.to_vec(),
+            400,
+            Some("messages"),
+        ),
+        (
+            "/v1/classify",
+            br#"{"input": "x", "labels": []}"#.to_vec(),
+            400,
+            Some("labels"),
+        ),
+        (
+            "/v1/classify",
+            br#"{"input": "x", "labels": ["a", " "]}"#.to_vec(),
+            400,
+            Some("labels[1]"),
+        ),
+        (
+            "/v1/classify",
+            br#"{"input": 5, "labels": ["a"]}"#.to_vec(),
+            400,
+            Some("input"),
+        ),
     ];
     for (path, body, status, param) in cases {
         let shown = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
         let reply = send(&state, Method::POST, path, body).await;
-        assert_eq!(reply.status.as_u16(), status, "{path} {shown}: {}", reply.text());
+        assert_eq!(
+            reply.status.as_u16(),
+            status,
+            "{path} {shown}: {}",
+            reply.text()
+        );
         let error = assert_error_shape(&reply);
         if let Some(param) = param {
             assert_eq!(error["param"], param, "{path} {shown}: {error}");
         }
     }
-    let context = post(&state, "/v1/completions", &json!({"prompt": "word ".repeat(2000)})).await;
-    assert_eq!(assert_error_shape(&context)["code"], "context_length_exceeded");
+    let context = post(
+        &state,
+        "/v1/completions",
+        &json!({"prompt": "word ".repeat(2000)}),
+    )
+    .await;
+    assert_eq!(
+        assert_error_shape(&context)["code"],
+        "context_length_exceeded"
+    );
     let wrong_method = get(&state, "/v1/completions").await;
     assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_error_shape(&wrong_method);
@@ -321,7 +426,12 @@ async fn bad_input_gets_a_4xx_with_the_openai_error_shape() {
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     assert_error_shape(&unknown);
     // The server still serves after all of that.
-    let fine = post(&state, "/v1/completions", &json!({"prompt": "ok", "max_tokens": 2})).await;
+    let fine = post(
+        &state,
+        "/v1/completions",
+        &json!({"prompt": "ok", "max_tokens": 2}),
+    )
+    .await;
     assert_eq!(fine.status, StatusCode::OK);
 }
 
@@ -356,9 +466,8 @@ async fn eight_concurrent_requests_complete_and_show_in_the_metrics() {
     }
     let metrics = get(&state, "/metrics").await.text();
     assert!(
-        metrics.contains(
-            "acme_infer_requests_total{endpoint=\"/v1/completions\",status=\"200\"} 16"
-        ),
+        metrics
+            .contains("acme_infer_requests_total{endpoint=\"/v1/completions\",status=\"200\"} 16"),
         "{metrics}"
     );
     assert!(metrics.contains("acme_infer_time_to_first_token_seconds_count 16"));
@@ -405,7 +514,12 @@ async fn a_disconnected_stream_frees_its_sequence() {
         (metric_value(&metrics, "acme_infer_active_sequences") == 0).then_some(())
     })
     .await;
-    let after = post(&state, "/v1/completions", &json!({"prompt": "next", "max_tokens": 2})).await;
+    let after = post(
+        &state,
+        "/v1/completions",
+        &json!({"prompt": "next", "max_tokens": 2}),
+    )
+    .await;
     assert_eq!(after.status, StatusCode::OK);
 }
 
@@ -434,12 +548,29 @@ fn random_value(rng: &mut Rng, depth: usize) -> Value {
         3 => json!(f64::from_bits(rng.next()).clamp(-1e9, 1e9)),
         4 => json!(["", "x", "hello world", "<|eot_id|>", "é🦀", "\u{0}"][rng.below(6)]),
         5 => json!(rng.below(5) as i64 - 1),
-        6 => Value::Array((0..rng.below(4)).map(|_| random_value(rng, depth + 1)).collect()),
+        6 => Value::Array(
+            (0..rng.below(4))
+                .map(|_| random_value(rng, depth + 1))
+                .collect(),
+        ),
         _ => {
-            let keys = ["role", "content", "prompt", "labels", "input", "max_tokens", "stop"];
+            let keys = [
+                "role",
+                "content",
+                "prompt",
+                "labels",
+                "input",
+                "max_tokens",
+                "stop",
+            ];
             Value::Object(
                 (0..rng.below(4))
-                    .map(|_| (keys[rng.below(keys.len())].to_string(), random_value(rng, depth + 1)))
+                    .map(|_| {
+                        (
+                            keys[rng.below(keys.len())].to_string(),
+                            random_value(rng, depth + 1),
+                        )
+                    })
                     .collect(),
             )
         }
@@ -453,11 +584,32 @@ async fn fuzzed_bodies_never_get_a_5xx() {
         ..settings()
     });
     let valid = [
-        ("/v1/completions", json!({"prompt": "hi", "max_tokens": 3, "temperature": 0.5, "top_p": 0.9, "seed": 1, "stop": ["\n"], "stream": false})),
-        ("/v1/chat/completions", json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": true})),
-        ("/v1/classify", json!({"input": "disk full", "labels": ["normal", "anomaly"]})),
+        (
+            "/v1/completions",
+            json!({"prompt": "hi", "max_tokens": 3, "temperature": 0.5, "top_p": 0.9, "seed": 1, "stop": ["\n"], "stream": false}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": true}),
+        ),
+        (
+            "/v1/classify",
+            json!({"input": "disk full", "labels": ["normal", "anomaly"]}),
+        ),
     ];
-    let fields = ["prompt", "messages", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "labels", "input", "n"];
+    let fields = [
+        "prompt",
+        "messages",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+        "stop",
+        "stream",
+        "labels",
+        "input",
+        "n",
+    ];
     let mut rng = Rng(0x5eed);
     for round in 0..150 {
         let (path, template) = &valid[round % valid.len()];

@@ -115,7 +115,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < end, "condition not met within {deadline:?}");
+        assert!(
+            Instant::now() < end,
+            "condition not met within {deadline:?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
