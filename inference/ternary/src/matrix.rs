@@ -73,7 +73,18 @@ impl TernaryMatrix {
         cols: usize,
         kernels: KernelTable,
     ) -> Result<Self, FormatError> {
-        format.tensor_bytes(rows, cols)?;
+        // Check the length before allocating, so a corrupt shape cannot ask for a huge buffer.
+        let expected = format.tensor_bytes(rows, cols)?;
+        if bytes.len() != expected {
+            let (format, actual) = (format.name(), bytes.len());
+            return Err(FormatError::ByteLength {
+                format,
+                rows,
+                cols,
+                expected,
+                actual,
+            });
+        }
         let mut tiles = vec![ZERO_CODES; rows.div_ceil(TILE_ROWS) * cols];
         let block_scales = visit_chunks(format, bytes, rows, cols, |row, chunk, packed| {
             let start = (row / TILE_ROWS) * cols + chunk * CHUNK + (row % TILE_ROWS) * CHUNK_BYTES;

@@ -418,3 +418,27 @@ fn pool_size_does_not_change_results() {
         assert_eq!(out, reference, "{threads} threads");
     }
 }
+
+#[test]
+fn gemv_rows_computes_a_row_range_like_matmul() {
+    let mut rng = Rng::new(31);
+    let (rows, cols) = (23, 384);
+    let matrix = TernaryMatrix::from_ternary(&rng.ternary(rows * cols), rows, cols, 0.5).unwrap();
+    let x = QuantizedActivations::quantize(&rng.floats(cols), cols);
+    let mut whole = vec![0.0; rows];
+    matrix.matmul_reference(&x, &mut whole);
+    let mut parts = vec![0.0; rows];
+    let (head, tail) = parts.split_at_mut(12);
+    matrix.gemv_rows(&x, 0, head).unwrap();
+    matrix.gemv_rows(&x, 12, tail).unwrap();
+    assert_eq!(parts, whole);
+    assert!(matrix
+        .gemv_rows(&x, 2, &mut [0.0; 4])
+        .unwrap_err()
+        .to_string()
+        .contains("multiple of 4"));
+    assert!(
+        matrix.gemv_rows(&x, 20, &mut [0.0; 4]).is_err(),
+        "rows 20..24 run past the 23 rows"
+    );
+}
