@@ -96,6 +96,7 @@ pub(crate) enum Target<'a> {
     Object { bucket: &'a str, key: &'a str },
     Zone(&'a str),
     HealthCheck(&'a str),
+    Change(&'a str),
     Region(&'a str),
 }
 
@@ -106,6 +107,7 @@ impl Target<'_> {
             Target::Object { bucket, key } => format!("s3://{bucket}/{key}"),
             Target::Zone(zone) => format!("hosted zone {zone}"),
             Target::HealthCheck(id) => format!("health check {id}"),
+            Target::Change(id) => format!("Route53 change {id}"),
             Target::Region(region) => format!("region {region}"),
         }
     }

@@ -128,6 +128,29 @@ pub struct RecordChange {
     pub current: Option<CurrentLatencyRecord>,
 }
 
+impl fmt::Display for RecordChange {
+    /// One line per record, e.g. `api.example.com. [api-euw1] update: target: a -> b`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}] ", self.name, self.set_identifier)?;
+        match &self.action {
+            RecordAction::Create => f.write_str("create")?,
+            RecordAction::Delete => f.write_str("delete")?,
+            RecordAction::Unchanged => f.write_str("unchanged")?,
+            RecordAction::Update(differences) => {
+                f.write_str("update: ")?;
+                let listed: Vec<String> = differences.iter().map(ToString::to_string).collect();
+                f.write_str(&listed.join("; "))?;
+            }
+        }
+        if matches!(self.action, RecordAction::Create | RecordAction::Update(_))
+            && matches!(self.health_check, HealthCheckAction::Create { .. })
+        {
+            f.write_str(" (new health check)")?;
+        }
+        Ok(())
+    }
+}
+
 /// The difference between a zone and the desired latency records.
 #[derive(Debug, Clone)]
 pub struct DnsPlan {
@@ -253,7 +276,7 @@ impl HealthCheckSpec {
         Ok(())
     }
 
-    fn to_config(&self, inverted: bool) -> HealthCheckConfig {
+    fn to_config(&self, inverted: bool) -> Result<HealthCheckConfig, AwsError> {
         HealthCheckConfig::builder()
             .r#type(if self.https {
                 HealthCheckType::Https
@@ -268,7 +291,7 @@ impl HealthCheckSpec {
             .set_enable_sni(self.https.then_some(true))
             .inverted(inverted)
             .build()
-            .expect("HealthCheckConfig::build only fails without a type, which is always set")
+            .map_err(|err| invalid("CreateHealthCheck", err))
     }
 
     fn from_config(config: &HealthCheckConfig) -> Option<HealthCheckSpec> {
@@ -650,7 +673,7 @@ impl Aws {
             .route53_client()
             .create_health_check()
             .caller_reference(caller_reference)
-            .health_check_config(desired.health_check.to_config(inverted))
+            .health_check_config(desired.health_check.to_config(inverted)?)
             .send()
             .await
             .map_err(|err| classify(OP, Target::HealthCheck(&desired.set_identifier), err))?;
@@ -726,7 +749,7 @@ impl Aws {
                 .id(change_id)
                 .send()
                 .await
-                .map_err(|err| classify(OP, Target::Zone(change_id), err))?;
+                .map_err(|err| classify(OP, Target::Change(change_id), err))?;
             if output.change_info().map(|info| info.status()) == Some(&ChangeStatus::Insync) {
                 return Ok(started.elapsed());
             }
@@ -1273,6 +1296,10 @@ mod tests {
             differences[0].to_string(),
             "target: eu.lb.example.net -> eu2.lb.example.net"
         );
+        assert_eq!(
+            plan.changes[0].to_string(),
+            "api.example.com. [api-euw1] update: target: eu.lb.example.net -> eu2.lb.example.net"
+        );
     }
 
     #[test]
@@ -1295,6 +1322,11 @@ mod tests {
             panic!("expected an update")
         };
         assert_eq!(differences[0].field, "health check path");
+        assert!(
+            plan.changes[0].to_string().ends_with("(new health check)"),
+            "{}",
+            plan.changes[0]
+        );
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! CloudWatch against moto (through the CBOR wrapper): data points in, statistics out, and
 //! rollout events. Percentile statistics make moto answer HTTP 500, so the p99 request is
 //! unit-tested in `src/cloudwatch.rs` instead of here.
+//!
+//! moto ignores the namespace of a query that has dimensions, so every test uses its own
+//! `Rack` dimension value to keep the tests sharing one server apart.
 
 mod common;
 
@@ -18,11 +21,11 @@ fn past_minute() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(now / 60 * 60 - 600)
 }
 
-fn query(namespace: &str, stat: Stat) -> MetricQuery {
+fn query(namespace: &str, rack: &str, stat: Stat) -> MetricQuery {
     MetricQuery {
         namespace: namespace.into(),
         metric: "LatencyMs".into(),
-        dimensions: vec![("Rack".into(), "eu-prod".into())],
+        dimensions: vec![("Rack".into(), rack.into())],
         stat,
         period_secs: 60,
     }
@@ -43,7 +46,8 @@ async fn datapoints_put_come_back_as_average_and_maximum_in_their_region_only() 
             )
         })
         .collect();
-    let dimensions = vec![("Rack".to_owned(), "eu-prod".to_owned())];
+    let rack = unique_name("eu-prod");
+    let dimensions = vec![("Rack".to_owned(), rack.clone())];
     aws.put_datapoints("eu-west-1", &namespace, "LatencyMs", &dimensions, &points)
         .await
         .unwrap();
@@ -53,8 +57,8 @@ async fn datapoints_put_come_back_as_average_and_maximum_in_their_region_only() 
         .get_metric_data(
             "eu-west-1",
             &[
-                query(&namespace, Stat::Average),
-                query(&namespace, Stat::Maximum),
+                query(&namespace, &rack, Stat::Average),
+                query(&namespace, &rack, Stat::Maximum),
             ],
             minute,
             end,
@@ -69,7 +73,7 @@ async fn datapoints_put_come_back_as_average_and_maximum_in_their_region_only() 
     let elsewhere = aws
         .get_metric_data(
             "us-east-1",
-            &[query(&namespace, Stat::Average)],
+            &[query(&namespace, &rack, Stat::Average)],
             minute,
             end,
         )
@@ -120,11 +124,53 @@ async fn an_empty_or_backwards_window_is_refused_before_calling_aws() {
     let aws = common::moto().aws().await;
     let now = SystemTime::now();
     let err = aws
-        .get_metric_data("eu-west-1", &[query("Acme/Test", Stat::Average)], now, now)
+        .get_metric_data(
+            "eu-west-1",
+            &[query("Acme/Test", "eu-prod", Stat::Average)],
+            now,
+            now,
+        )
         .await
         .unwrap_err();
     assert!(
         err.to_string().contains("end of the metric window"),
         "{err}"
     );
+}
+
+// moto cannot compute percentiles: GetMetricData with p99 makes it fail with HTTP 500. This
+// pins down that such a failure reaches the caller as a readable error naming the operation
+// (what a gate reports), not a panic or a protocol error. The p99 request itself is
+// unit-tested in src/cloudwatch.rs.
+#[tokio::test]
+async fn an_emulator_failure_on_a_percentile_query_is_a_readable_error() {
+    let aws = common::moto().aws().await;
+    let namespace = unique_name("Acme/Test");
+    let minute = past_minute();
+    let rack = unique_name("eu-prod");
+    let dimensions = vec![("Rack".to_owned(), rack.clone())];
+    aws.put_datapoints(
+        "eu-west-1",
+        &namespace,
+        "LatencyMs",
+        &dimensions,
+        &[(minute + Duration::from_secs(5), 12.0)],
+    )
+    .await
+    .unwrap();
+    let err = aws
+        .get_metric_data(
+            "eu-west-1",
+            &[query(&namespace, &rack, Stat::Percentile(99.0))],
+            minute,
+            minute + Duration::from_secs(60),
+        )
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with("GetMetricData on region eu-west-1"),
+        "{text}"
+    );
+    assert!(text.contains("InternalFailure"), "{text}");
 }
