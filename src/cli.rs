@@ -55,6 +55,11 @@ pub enum Command {
         after_help = "Examples:\n  acme-rollout plan\n  acme-rollout plan --only eu --output json"
     )]
     Plan(PlanArgs),
+    /// Build once in the first rack and import that build into every other rack, without promoting.
+    #[command(
+        after_help = "Examples:\n  acme-rollout build\n  acme-rollout deploy --release RABCDEFGHIJ   # then promote what was built"
+    )]
+    Build(PlanArgs),
     /// Each rack's release, build, health, processes and what the journal says.
     #[command(
         after_help = "Examples:\n  acme-rollout status\n  acme-rollout status --output json"
@@ -81,8 +86,11 @@ pub struct DeployArgs {
     /// Print the plan and stop.
     #[arg(long)]
     pub dry_run: bool,
+    /// Promote an existing release of the first rack (e.g. from `acme-rollout build`) instead of building.
+    #[arg(long, value_name = "RELEASE")]
+    pub release: Option<String>,
     /// Continue an interrupted run from its journal.
-    #[arg(long, value_name = "RUN", conflicts_with_all = ["only", "bake", "dry_run"])]
+    #[arg(long, value_name = "RUN", conflicts_with_all = ["only", "bake", "dry_run", "release"])]
     pub resume: Option<String>,
     /// When a later rack fails, keep racks promoted earlier in the run on the new release.
     #[arg(long)]

@@ -110,9 +110,15 @@ pub async fn deploy(ctx: &Ctx, settings: &Settings, args: DeployArgs) -> Result<
             bake: args.bake,
             reason: settings.reason.clone(),
             rollback_promoted: ctx.cfg.rollback_promoted && !args.no_rollback_promoted,
+            release: args.release,
         },
     )
     .await
+}
+
+pub async fn build(ctx: &Ctx, settings: &Settings, args: PlanArgs) -> Result<Summary> {
+    let only = resolve_racks(&ctx.cfg, &args.only)?;
+    engine::build(ctx, &only, settings.reason.clone()).await
 }
 
 /// A dry run: what each rack runs now and what a deploy would do to it.

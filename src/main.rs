@@ -69,6 +69,7 @@ async fn dispatch(cli: Cli, settings: &Settings) -> anyhow::Result<Summary> {
         match cli.command {
             Command::Deploy(args) => commands::deploy(&ctx, settings, args).await,
             Command::Plan(args) => commands::plan(&ctx, settings, args).await,
+            Command::Build(args) => commands::build(&ctx, settings, args).await,
             Command::Status => commands::status(&ctx, settings).await,
             Command::Rollback(args) => commands::rollback(&ctx, settings, args).await,
             Command::Lock(cmd) => commands::lock_command(&ctx, settings, cmd).await,

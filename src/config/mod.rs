@@ -3,6 +3,7 @@
 //! Every error carries `file:line:col` and says how to fix it. Nothing here talks to a rack:
 //! the result is a plain [`Config`] that the rest of the tool trusts.
 
+pub mod golden;
 mod schema;
 
 use std::ops::Range;
@@ -66,6 +67,7 @@ pub struct Bake {
     pub duration: Duration,
     pub health: Option<HealthGate>,
     pub logs: Option<LogGate>,
+    pub golden: Option<golden::GoldenGate>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -224,7 +226,28 @@ fn validate(file: schema::File, at: &Locator) -> Result<Config, ConfigError> {
         })
     };
 
-    let bake_defaults = resolve_bake(&file.bake, None, &duration)?;
+    let load_golden =
+        |file: &toml::Spanned<String>| -> Result<Vec<golden::GoldenRequest>, ConfigError> {
+            golden::load(&absolute(file.get_ref())).map_err(|e| match e {
+            golden::GoldenError::Read(err) => at.error(
+                file.span(),
+                format!("cannot read the golden requests {}: {err}", file.get_ref()),
+                Some("point [bake.golden] file at a JSON-lines file of requests, relative to racks.toml".into()),
+            ),
+            golden::GoldenError::Line { path, line, message } => ConfigError::Invalid {
+                path,
+                line,
+                col: 1,
+                message,
+                hint: Some(golden::FORMAT_HINT.into()),
+            },
+        })
+        };
+    let resolver = BakeResolver {
+        duration: &duration,
+        golden: &load_golden,
+    };
+    let bake_defaults = resolve_bake(&file.bake, None, &resolver)?;
 
     let mut racks: Vec<Rack> = Vec::new();
     let mut names: Vec<(String, Range<usize>)> = Vec::new();
@@ -249,7 +272,7 @@ fn validate(file: schema::File, at: &Locator) -> Result<Config, ConfigError> {
         }
         names.push((name.clone(), rack.name.span()));
         let bake = match &rack.bake {
-            Some(b) => resolve_bake(b, Some(&bake_defaults), &duration)?,
+            Some(b) => resolve_bake(b, Some(&bake_defaults), &resolver)?,
             None => bake_defaults.clone(),
         };
         racks.push(Rack {
@@ -401,11 +424,55 @@ fn absolute_bin(base: &Path) -> impl Fn(&str) -> PathBuf + '_ {
     }
 }
 
+/// What resolving a `[bake]` table needs from its surroundings.
+struct BakeResolver<'a> {
+    duration: &'a dyn Fn(&toml::Spanned<String>) -> Result<Duration, ConfigError>,
+    golden: &'a dyn Fn(&toml::Spanned<String>) -> Result<Vec<golden::GoldenRequest>, ConfigError>,
+}
+
 fn resolve_bake(
     file: &BakeFile,
     defaults: Option<&Bake>,
-    duration: &dyn Fn(&toml::Spanned<String>) -> Result<Duration, ConfigError>,
+    resolver: &BakeResolver,
 ) -> Result<Bake, ConfigError> {
+    let duration = resolver.duration;
+    let base_golden = defaults.and_then(|d| d.golden.clone());
+    let golden = match &file.golden {
+        Some(g) if g.enabled == Some(false) => None,
+        Some(g) => {
+            let requests = match &g.file {
+                Some(f) => (resolver.golden)(f)?,
+                None => base_golden
+                    .as_ref()
+                    .map(|b| b.requests.clone())
+                    .unwrap_or_default(),
+            };
+            let base = base_golden.clone();
+            Some(golden::GoldenGate {
+                requests,
+                rounds: g
+                    .rounds
+                    .or(base.as_ref().map(|b| b.rounds))
+                    .unwrap_or(3)
+                    .max(1),
+                p95: g
+                    .p95
+                    .as_ref()
+                    .map(duration)
+                    .transpose()?
+                    .or(base.as_ref().map(|b| b.p95))
+                    .unwrap_or(Duration::from_secs(5)),
+                timeout: g
+                    .timeout
+                    .as_ref()
+                    .map(duration)
+                    .transpose()?
+                    .or(base.as_ref().map(|b| b.timeout))
+                    .unwrap_or(Duration::from_secs(30)),
+            })
+        }
+        None => base_golden,
+    };
     let base_health = defaults.and_then(|d| d.health.clone());
     let base_logs = defaults.and_then(|d| d.logs.clone());
     let health = match &file.health {
@@ -467,6 +534,7 @@ fn resolve_bake(
         duration,
         health,
         logs,
+        golden: golden.filter(|g| !g.requests.is_empty()),
     })
 }
 

@@ -58,6 +58,18 @@ pub struct BakeFile {
     pub duration: Option<Spanned<String>>,
     pub health: Option<HealthGateFile>,
     pub logs: Option<LogGateFile>,
+    pub golden: Option<GoldenGateFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldenGateFile {
+    pub enabled: Option<bool>,
+    /// JSON lines of golden requests, relative to racks.toml.
+    pub file: Option<Spanned<String>>,
+    pub rounds: Option<u32>,
+    pub p95: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -63,6 +63,8 @@ pub struct DeployOptions {
     pub reason: Option<String>,
     /// Roll back racks promoted earlier in the run when a later one fails.
     pub rollback_promoted: bool,
+    /// Promote this existing release of the first rack (and its build) instead of building.
+    pub release: Option<String>,
 }
 
 /// A run in progress.
@@ -191,12 +193,20 @@ async fn preflight(ctx: &Ctx, racks: &[String]) -> Result<Vec<RackStart>, Failur
         .collect())
 }
 
-/// `acme-rollout deploy`.
-pub async fn deploy(ctx: &Ctx, opts: DeployOptions) -> Result<Summary> {
-    let waves = scoped_waves(&ctx.cfg, &opts.only);
-    let racks: Vec<String> = waves.iter().flat_map(|(_, r)| r.clone()).collect();
+/// How a new run starts.
+struct RunSpec {
+    kind: RunKind,
+    waves: Vec<Vec<String>>,
+    reason: Option<String>,
+    bake: Option<Duration>,
+    rollback_promoted: bool,
+}
+
+/// Preflight, lock, and the journal's first record: the common start of every run.
+async fn begin(ctx: &Ctx, spec: RunSpec) -> Result<(Arc<Live>, Lock)> {
+    let racks: Vec<String> = spec.waves.iter().flatten().cloned().collect();
     if racks.is_empty() {
-        return Err(Failure::new(Outcome::Refused, "no racks to deploy to").into());
+        return Err(Failure::new(Outcome::Refused, "no racks to work on").into());
     }
     let starts = preflight(ctx, &racks).await?;
     let run = new_run_id();
@@ -212,12 +222,12 @@ pub async fn deploy(ctx: &Ctx, opts: DeployOptions) -> Result<Summary> {
     let start = Event::RunStarted {
         run: run.clone(),
         owner: ctx.owner.clone(),
-        reason: opts.reason.clone(),
-        waves: waves.iter().map(|(_, r)| r.clone()).collect(),
+        reason: spec.reason,
+        waves: spec.waves,
         racks: starts,
-        bake_secs: opts.bake.map(|d| d.as_secs()),
-        rollback_promoted: opts.rollback_promoted,
-        kind: RunKind::Deploy,
+        bake_secs: spec.bake.map(|d| d.as_secs()),
+        rollback_promoted: spec.rollback_promoted,
+        kind: spec.kind,
     };
     let state = RunState::replay(&[journal::Record {
         ts: journal::now_rfc3339(),
@@ -230,10 +240,127 @@ pub async fn deploy(ctx: &Ctx, opts: DeployOptions) -> Result<Summary> {
     });
     live.journal.append(&start)?;
     ctx.reporter.event(&start);
+    Ok((live, lock))
+}
 
+/// `acme-rollout deploy`.
+pub async fn deploy(ctx: &Ctx, opts: DeployOptions) -> Result<Summary> {
+    let waves = scoped_waves(&ctx.cfg, &opts.only);
+    let (live, lock) = begin(
+        ctx,
+        RunSpec {
+            kind: RunKind::Deploy,
+            waves: waves.iter().map(|(_, r)| r.clone()).collect(),
+            reason: opts.reason.clone(),
+            bake: opts.bake,
+            rollback_promoted: opts.rollback_promoted,
+        },
+    )
+    .await?;
+    if let Some(release) = &opts.release {
+        if let Err(f) = adopt_release(&live, release).await {
+            live.emit(Event::Note {
+                message: format!("cannot use release {release}: {f}"),
+            })?;
+            return finish(&live, Outcome::Refused, lock).await;
+        }
+    }
     let wave_names: Vec<String> = waves.iter().map(|(n, _)| n.clone()).collect();
     let outcome = drive(&live, &wave_names, opts.bake).await;
     finish(&live, outcome, lock).await
+}
+
+/// `acme-rollout build`: build once and ship the build into every rack, without promoting.
+pub async fn build(ctx: &Ctx, only: &[String], reason: Option<String>) -> Result<Summary> {
+    let waves = scoped_waves(&ctx.cfg, only);
+    let (live, lock) = begin(
+        ctx,
+        RunSpec {
+            kind: RunKind::Build,
+            waves: waves.iter().map(|(_, r)| r.clone()).collect(),
+            reason,
+            bake: None,
+            rollback_promoted: false,
+        },
+    )
+    .await?;
+    let outcome = match ship(&live).await {
+        Ok(()) => Outcome::Done,
+        Err(RackFailure::TimedOut(_)) => Outcome::TimedOut,
+        Err(e) => {
+            live.emit(Event::Note {
+                message: format!("shipping failed: {e}"),
+            })?;
+            Outcome::Error
+        }
+    };
+    finish(&live, outcome, lock).await
+}
+
+/// `deploy --release R`: promote an existing build instead of building. R is a release of the
+/// first rack; if an earlier `acme-rollout build` shipped it, its per-rack releases are reused,
+/// otherwise its build is exported from the first rack and imported into the others.
+async fn adopt_release(live: &Arc<Live>, release: &str) -> Result<(), RackFailure> {
+    let state = live.snapshot();
+    let order = state.rack_order();
+    let first = order[0].clone();
+    let dir = &live.ctx.cfg.state.dir;
+    let runs = journal::list_runs(dir).map_err(|e| RackFailure::Error(e.to_string()))?;
+    for run in runs.into_iter().rev() {
+        let Ok(records) = journal::read_run(dir, &run) else {
+            continue;
+        };
+        let Ok(built) = RunState::replay(&records) else {
+            continue;
+        };
+        if built.kind != RunKind::Build
+            || built
+                .build
+                .as_ref()
+                .is_none_or(|(rack, _, r)| r != release || *rack != first)
+        {
+            continue;
+        }
+        let (rack, build, rel) = built.build.clone().expect("checked above");
+        emit_or_fail(
+            live,
+            Event::BuildFinished {
+                rack,
+                build,
+                release: rel,
+            },
+        )?;
+        for name in &order {
+            if let Some(r) = built.racks.get(name) {
+                if let (Some(build), Some(release)) = (&r.target_build, &r.target_release) {
+                    emit_or_fail(
+                        live,
+                        Event::Shipped {
+                            rack: name.clone(),
+                            build: build.clone(),
+                            release: release.clone(),
+                            digest: r.digest.clone(),
+                        },
+                    )?;
+                }
+            }
+        }
+        return Ok(());
+    }
+    let (r, rel) = (first.clone(), release.to_string());
+    let build = live
+        .ctx
+        .convox(move |c| c.release_build(&r, &rel))
+        .await
+        .map_err(convox_failure)?;
+    emit_or_fail(
+        live,
+        Event::BuildFinished {
+            rack: first,
+            build,
+            release: release.to_string(),
+        },
+    )
 }
 
 /// `acme-rollout deploy --resume RUN`: continue an interrupted run from where its journal says.
@@ -884,34 +1011,17 @@ pub async fn rollback_racks(
     reason: Option<String>,
 ) -> Result<Summary> {
     let names: Vec<String> = targets.iter().map(|(r, _)| r.clone()).collect();
-    let starts = preflight(ctx, &names).await?;
-    let run = new_run_id();
-    let lock = match Lock::acquire(&ctx.cfg.state.dir, &ctx.owner, &run, LOCK_TTL)? {
-        Ok(lock) => lock,
-        Err(held) => return Err(Failure::new(Outcome::LockHeld, held.to_string()).into()),
-    };
-    let journal = Journal::create(&ctx.cfg.state.dir, &run)?;
-    let start = Event::RunStarted {
-        run: run.clone(),
-        owner: ctx.owner.clone(),
-        reason,
-        waves: vec![names.clone()],
-        racks: starts,
-        bake_secs: None,
-        rollback_promoted: false,
-        kind: RunKind::Rollback,
-    };
-    let state = RunState::replay(&[journal::Record {
-        ts: journal::now_rfc3339(),
-        event: start.clone(),
-    }])?;
-    let live = Arc::new(Live {
-        ctx: ctx.clone(),
-        journal,
-        state: Mutex::new(state),
-    });
-    live.journal.append(&start)?;
-    ctx.reporter.event(&start);
+    let (live, lock) = begin(
+        ctx,
+        RunSpec {
+            kind: RunKind::Rollback,
+            waves: vec![names],
+            reason,
+            bake: None,
+            rollback_promoted: false,
+        },
+    )
+    .await?;
     let mut ok = true;
     for (rack, to) in targets {
         live.emit(Event::RollingBack {

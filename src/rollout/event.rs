@@ -100,6 +100,8 @@ pub enum RunKind {
     #[default]
     Deploy,
     Rollback,
+    /// `acme-rollout build`: shipped, not promoted.
+    Build,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

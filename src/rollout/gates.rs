@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::event::Event;
+use crate::config::golden::GoldenGate;
 use crate::config::{Bake, HealthGate, LogGate};
 use crate::convox::Convox;
 
@@ -102,6 +103,11 @@ pub async fn bake(
         if elapsed >= total && healthy_enough {
             if let Some(logs) = &bake.logs {
                 if let Some(v) = check_logs(rack, logs, convox, since_promote).await {
+                    return v;
+                }
+            }
+            if let Some(golden) = &bake.golden {
+                if let Some(v) = check_golden(http, domain, golden).await {
                     return v;
                 }
             }
@@ -226,6 +232,78 @@ async fn check_logs(
     }
 }
 
+/// Sends every golden request `rounds` times: each answer must equal the expected one, and
+/// each request's p95 latency must stay within its budget.
+async fn check_golden(
+    http: &reqwest::Client,
+    domain: &str,
+    gate: &GoldenGate,
+) -> Option<BakeVerdict> {
+    let mut latencies: Vec<Vec<Duration>> = vec![Vec::new(); gate.requests.len()];
+    for _ in 0..gate.rounds {
+        for (i, request) in gate.requests.iter().enumerate() {
+            let url = service_url(domain, &request.endpoint);
+            let started = Instant::now();
+            let sent = http
+                .post(&url)
+                .json(&request.body)
+                .timeout(gate.timeout)
+                .send()
+                .await;
+            let fail = |why: String| {
+                Some(BakeVerdict::Failed {
+                    gate: "golden".into(),
+                    evidence: vec![format!(
+                        "golden `{}` ({}): {why}",
+                        request.name, request.endpoint
+                    )],
+                })
+            };
+            let response = match sent {
+                Ok(r) => r,
+                Err(e) => return fail(format!("no answer: {e}")),
+            };
+            let status = response.status().as_u16();
+            let body: serde_json::Value = match response.json().await {
+                Ok(b) => b,
+                Err(e) => return fail(format!("HTTP {status} with an unreadable body: {e}")),
+            };
+            latencies[i].push(started.elapsed());
+            if status != 200 {
+                return fail(format!(
+                    "HTTP {status}: {}",
+                    body["error"]["message"].as_str().unwrap_or("")
+                ));
+            }
+            match request.answer(&body) {
+                Some(got) if got == request.expect => {}
+                Some(got) => {
+                    return fail(format!("expected {:?}, got {:?}", request.expect, got));
+                }
+                None => return fail(format!("the response has no answer field: {body}")),
+            }
+        }
+    }
+    for (request, mut samples) in gate.requests.iter().zip(latencies) {
+        samples.sort();
+        let p95 = samples[(samples.len() * 95).div_ceil(100).saturating_sub(1)];
+        let budget = request.budget_ms.map_or(gate.p95, Duration::from_millis);
+        if p95 > budget {
+            return Some(BakeVerdict::Failed {
+                gate: "golden".into(),
+                evidence: vec![format!(
+                    "golden `{}`: p95 latency {} ms over {} rounds exceeds its budget of {} ms",
+                    request.name,
+                    p95.as_millis(),
+                    samples.len(),
+                    budget.as_millis()
+                )],
+            });
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,5 +319,57 @@ mod tests {
             "https://inference.acme.abc.convox.cloud/health"
         );
         assert_eq!(service_url("http://x:1/", "/h"), "http://x:1/h");
+    }
+
+    /// A one-endpoint HTTP server on loopback answering every request with `body`.
+    fn serve(body: &'static str) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        addr.to_string()
+    }
+
+    fn gate(expect: &str) -> GoldenGate {
+        GoldenGate {
+            requests: vec![crate::config::golden::GoldenRequest {
+                name: "anomaly".into(),
+                endpoint: "/v1/classify".into(),
+                body: serde_json::json!({"input": "disk full", "labels": ["normal", "anomaly"]}),
+                expect: expect.into(),
+                budget_ms: Some(2000),
+            }],
+            rounds: 2,
+            p95: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[tokio::test]
+    async fn golden_gate_passes_on_the_expected_label_and_shows_a_diff_otherwise() {
+        let domain = serve(r#"{"object":"classification","label":"anomaly"}"#);
+        let http = reqwest::Client::new();
+        assert_eq!(check_golden(&http, &domain, &gate("anomaly")).await, None);
+        match check_golden(&http, &domain, &gate("normal")).await {
+            Some(BakeVerdict::Failed { gate, evidence }) => {
+                assert_eq!(gate, "golden");
+                assert!(
+                    evidence[0].contains(r#"expected "normal", got "anomaly""#),
+                    "{evidence:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -217,3 +217,60 @@ fn human_output_without_a_tty_is_plain_and_ends_with_a_table() {
     assert_eq!(rows[0].rest["drift"], false);
     assert!(rows.iter().all(|r| r.rest["health"] == "healthy"));
 }
+
+#[test]
+fn build_then_deploy_release_promotes_what_was_built() {
+    let w = World::new();
+    let before = w.actives();
+    let built = w.run_json(&["build"]);
+    assert_eq!(built.code, 0, "{}", built.debug());
+    assert_eq!(w.actives(), before, "build alone promotes nothing");
+    let shipped: Vec<(String, String)> = built
+        .events
+        .iter()
+        .filter(|e| e.event == "rack.shipped")
+        .map(|e| {
+            (
+                e.rack.clone().unwrap(),
+                e.rest["release"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(shipped.len(), 3);
+    let first = &shipped.iter().find(|(r, _)| r == "us-prod").unwrap().1;
+
+    let run = w.run_json(&["deploy", "--release", first]);
+    assert_eq!(run.code, 0, "{}", run.debug());
+    assert!(
+        run.index("build.started", None).is_none(),
+        "nothing is rebuilt"
+    );
+    for (rack, release) in &shipped {
+        assert_eq!(
+            w.active(rack).0,
+            *release,
+            "{rack} runs the release the build shipped"
+        );
+    }
+}
+
+#[test]
+fn plan_shows_every_rack_and_changes_nothing() {
+    let w = World::new();
+    let before = w.actives();
+    let run = w.run_json(&["plan"]);
+    assert_eq!(run.code, 0, "{}", run.debug());
+    let rows: Vec<&Line> = run
+        .events
+        .iter()
+        .filter(|e| e.event == "plan.rack")
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0].rest["wave"], "canary");
+    assert_eq!(rows[0].rest["release"], before[0].0.as_str());
+    assert!(rows[1].rest["action"].as_str().unwrap().contains("import"));
+    assert_eq!(w.actives(), before);
+    let dry = w.run_json(&["deploy", "--dry-run"]);
+    assert_eq!(dry.code, 0);
+    assert_eq!(w.actives(), before);
+}

@@ -1,6 +1,6 @@
 //! Interrupted runs: kill -9 in the middle of a bake, then resume or roll back from the journal.
 
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::*;
@@ -89,4 +89,52 @@ fn manual_rollback_of_one_rack_goes_to_the_release_before_the_last_deploy() {
     assert_eq!(rb.code, 0, "{}", rb.debug());
     assert_eq!(w.active("apac-prod").1, before[2].1);
     assert_ne!(w.active("us-prod").1, before[0].1);
+}
+
+#[test]
+fn sigterm_mid_bake_stops_and_says_where_every_rack_is() {
+    let w = World::new();
+    w.write_racks(&RACKS_TOML.replace("duration = \"1s\"", "duration = \"30s\""));
+    let child = w
+        .cli()
+        .args(["deploy", "--output", "json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state = w.dir.path().join("state/runs");
+    let run = wait_for(
+        "the canary to start baking",
+        Duration::from_secs(60),
+        || {
+            let entry = std::fs::read_dir(&state).ok()?.flatten().next()?;
+            let text = std::fs::read_to_string(entry.path()).ok()?;
+            text.contains("\"bake.started\"").then(|| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .trim_end_matches(".jsonl")
+                    .to_string()
+            })
+        },
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = Run::from(child.wait_with_output().unwrap());
+    assert_eq!(out.code, 1, "{}", out.debug());
+    let summary = out.summary();
+    assert!(summary.rest["error"]
+        .as_str()
+        .unwrap()
+        .contains("interrupted"));
+    let racks = summary.rest["racks"].as_array().unwrap();
+    assert_eq!(racks.len(), 3, "every rack's release is reported");
+    assert!(racks.iter().all(|r| r["release"].is_string()));
+    assert!(summary.rest["hint"].as_str().unwrap().contains(&run));
+    // The lock went with the process, and the run can be finished.
+    w.write_racks(RACKS_TOML);
+    let resumed = w.run_json(&["deploy", "--resume", &run]);
+    assert_eq!(resumed.code, 0, "{}", resumed.debug());
 }
