@@ -424,10 +424,14 @@ fn absolute_bin(base: &Path) -> impl Fn(&str) -> PathBuf + '_ {
     }
 }
 
+type ParseDuration<'a> = &'a dyn Fn(&toml::Spanned<String>) -> Result<Duration, ConfigError>;
+type LoadGolden<'a> =
+    &'a dyn Fn(&toml::Spanned<String>) -> Result<Vec<golden::GoldenRequest>, ConfigError>;
+
 /// What resolving a `[bake]` table needs from its surroundings.
 struct BakeResolver<'a> {
-    duration: &'a dyn Fn(&toml::Spanned<String>) -> Result<Duration, ConfigError>,
-    golden: &'a dyn Fn(&toml::Spanned<String>) -> Result<Vec<golden::GoldenRequest>, ConfigError>,
+    duration: ParseDuration<'a>,
+    golden: LoadGolden<'a>,
 }
 
 fn resolve_bake(
