@@ -9,7 +9,7 @@
 //! reset. (bitnet.cpp widens every 32 blocks, which can overflow for extreme inputs.)
 
 use crate::dispatch::{check_rows_args, check_tile_args, KernelTable, TILE_ROWS};
-use crate::format::CHUNK;
+use crate::format::{CHUNK, CHUNK_BYTES};
 use crate::output::Q8_BLOCK;
 use crate::scalar::{q8_block_lanes, Q8_LANES};
 use std::arch::x86_64::*;
@@ -66,6 +66,20 @@ unsafe fn ternary_tile_avx2(
 ) {
     let chunks = tile.len() / CHUNK;
     let mut token = 0;
+    while token + 4 <= tokens {
+        let starts: [*const i8; 4] = std::array::from_fn(|t| x[(token + t) * x_stride..].as_ptr());
+        for first_row in [0, 2] {
+            // SAFETY: tokens `token..token + 4` exist, each with `chunks * CHUNK` values after its
+            // start; rows `first_row` and `first_row + 1` are inside each chunk of the tile.
+            let sums = unsafe {
+                rows2_tokens4(tile.as_ptr().add(first_row * CHUNK_BYTES), starts, chunks)
+            };
+            for (t, pair) in sums.iter().enumerate() {
+                out[(token + t) * TILE_ROWS + first_row..][..2].copy_from_slice(pair);
+            }
+        }
+        token += 4;
+    }
     while token + 2 <= tokens {
         // SAFETY: tokens `token` and `token + 1` exist, each with `chunks * CHUNK` values after its start.
         let sums = unsafe {
@@ -84,6 +98,56 @@ unsafe fn ternary_tile_avx2(
         let sums = unsafe { rows4_token1(tile.as_ptr(), x.as_ptr().add(token * x_stride), chunks) };
         out[token * TILE_ROWS..(token + 1) * TILE_ROWS].copy_from_slice(&sums);
     }
+}
+
+/// Two rows of a tile against four tokens: the GEMM kernel. Extracting codes costs more than
+/// loading activations, so codes are reused across 4 tokens; 2 rows × 4 tokens of int16
+/// accumulators plus the codes fit the 16 ymm registers.
+///
+/// # Safety
+/// AVX2; `w` points at the first row's group in a tile of `chunks * 128` bytes (rows advance by
+/// 32 bytes, chunks by 128), each `x` at `chunks * 128` values.
+#[target_feature(enable = "avx2")]
+unsafe fn rows2_tokens4(w: *const u8, x: [*const i8; 4], chunks: usize) -> [[i32; 2]; 4] {
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut wide = [[_mm256_setzero_si256(); 2]; 4];
+    let mut chunk = 0;
+    while chunk < chunks {
+        let end = (chunk + WIDEN_EVERY).min(chunks);
+        let mut narrow = [[_mm256_setzero_si256(); 2]; 4];
+        while chunk < end {
+            // SAFETY: chunk < chunks; both rows' 32 bytes lie inside this chunk's 128.
+            let (p0, p1) = unsafe {
+                let wp = w.add(chunk * CHUNK) as *const __m256i;
+                (_mm256_loadu_si256(wp), _mm256_loadu_si256(wp.add(1)))
+            };
+            macro_rules! group {
+                ($g:tt) => {{
+                    let (c0, c1) = (codes!(p0, mask, $g), codes!(p1, mask, $g));
+                    for (narrow, x) in narrow.iter_mut().zip(&x) {
+                        // SAFETY: group $g < 4 stays inside this chunk's 128 values of the token.
+                        let xv = unsafe {
+                            _mm256_loadu_si256(x.add(chunk * CHUNK + 32 * $g) as *const __m256i)
+                        };
+                        narrow[0] = _mm256_add_epi16(narrow[0], _mm256_maddubs_epi16(c0, xv));
+                        narrow[1] = _mm256_add_epi16(narrow[1], _mm256_maddubs_epi16(c1, xv));
+                    }
+                }};
+            }
+            group!(0);
+            group!(1);
+            group!(2);
+            group!(3);
+            chunk += 1;
+        }
+        for (wide, narrow) in wide.iter_mut().zip(narrow) {
+            for (wide, narrow) in wide.iter_mut().zip(narrow) {
+                *wide = _mm256_add_epi32(*wide, _mm256_madd_epi16(narrow, ones));
+            }
+        }
+    }
+    wide.map(|pair| pair.map(|v| hsum_i32(v)))
 }
 
 /// # Safety
