@@ -450,6 +450,14 @@ fn main() {
         print_row(&row, &settings, &bandwidth);
     }
 
+    let input: Vec<f32> = (0..6912).map(|_| rng.unit()).collect();
+    let mut quantized = QuantizedActivations::quantize(&input, 6912);
+    let time = median(50, budget, || quantized.requantize(black_box(&input), 6912));
+    println!(
+        "\nActivation quantisation of one 6912-value token (requantize, buffers reused): {:.2} µs",
+        time.as_secs_f64() * 1e6
+    );
+
     let workers = settings.threads.iter().copied().max().unwrap_or(2).max(2);
     println!("\nPer-call cost of splitting work across {workers} threads (empty job), and a 2560x2560 GEMV through each:");
     let ours = ThreadPool::new(workers);

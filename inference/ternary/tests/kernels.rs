@@ -442,3 +442,26 @@ fn gemv_rows_computes_a_row_range_like_matmul() {
         "rows 20..24 run past the 23 rows"
     );
 }
+
+#[test]
+fn fast_activation_rounding_matches_round_half_even() {
+    let mut rng = Rng::new(77);
+    let cols = 1000;
+    // Random values, exact halves after scaling (max 127 makes the scale 1), and non-finite ones.
+    let mut x = rng.floats(3 * cols);
+    for (i, v) in x[cols..2 * cols].iter_mut().enumerate() {
+        *v = (i as f32 - 500.0) / 4.0 + 0.5;
+    }
+    x[cols] = 127.0;
+    x[2 * cols + 3] = f32::NAN;
+    let q = QuantizedActivations::quantize(&x, cols);
+    for t in 0..3 {
+        let input = &x[t * cols..(t + 1) * cols];
+        let max = input.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-5);
+        assert_eq!(q.scale(t), 127.0 / max);
+        for (k, &v) in input.iter().enumerate() {
+            let expected = (v * q.scale(t)).round_ties_even().clamp(-128.0, 127.0) as i8;
+            assert_eq!(q.token(t)[k], expected, "token {t} value {v}");
+        }
+    }
+}
