@@ -69,11 +69,13 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     if let Some(InternalDetail(detail)) = response.extensions().get::<InternalDetail>() {
         log_line(&format!("ERROR {method} {path}: {detail}"));
     }
-    log_line(&format!(
-        "{method} {path} {} {:.1}ms",
-        status.as_u16(),
-        elapsed.as_secs_f64() * 1e3
-    ));
+    if state.settings().log_requests {
+        log_line(&format!(
+            "{method} {path} {} {:.1}ms",
+            status.as_u16(),
+            elapsed.as_secs_f64() * 1e3
+        ));
+    }
     state
         .metrics()
         .record_request(&endpoint, status.as_u16(), elapsed);

@@ -24,6 +24,8 @@ pub struct ServerSettings {
     pub threads: usize,
     pub max_sequences: usize,
     pub queue_capacity: usize,
+    /// Write one stdout line per request (the bench turns it off to keep its table readable).
+    pub log_requests: bool,
 }
 
 impl Default for ServerSettings {
@@ -33,6 +35,7 @@ impl Default for ServerSettings {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_sequences: crate::config::DEFAULT_MAX_SEQUENCES,
             queue_capacity: crate::config::DEFAULT_QUEUE_CAPACITY,
+            log_requests: true,
         }
     }
 }
@@ -44,6 +47,7 @@ impl From<&Config> for ServerSettings {
             threads: config.threads,
             max_sequences: config.max_sequences,
             queue_capacity: config.queue_capacity,
+            log_requests: true,
         }
     }
 }

@@ -648,3 +648,49 @@ async fn fuzzed_bodies_never_get_a_5xx() {
     let health = get(&state, "/health").await;
     assert_eq!(health.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_queue_answers_503_with_retry_after_and_the_rest_complete() {
+    let (state, _dir, _path) = ready_state(server::ServerSettings {
+        max_tokens: 200,
+        max_sequences: 1,
+        queue_capacity: 1,
+        ..settings()
+    });
+    let request = json!({"prompt": "Overload", "max_tokens": 200, "temperature": 0});
+    // With one sequence and one queue place, a burst must overflow; how much of the burst
+    // gets in depends on timing, so bursts repeat until one overflows.
+    let rejected = poll(Duration::from_secs(30), || {
+        let state = state.clone();
+        let request = request.clone();
+        async move {
+            let burst: Vec<_> = (0..12)
+                .map(|_| {
+                    let state = state.clone();
+                    let request = request.clone();
+                    tokio::spawn(async move { post(&state, "/v1/completions", &request).await })
+                })
+                .collect();
+            let mut rejected = None;
+            for task in burst {
+                let reply = task.await.unwrap();
+                match reply.status {
+                    StatusCode::OK => {}
+                    StatusCode::SERVICE_UNAVAILABLE => rejected = Some(reply),
+                    other => panic!("unexpected {other}: {}", reply.text()),
+                }
+            }
+            rejected
+        }
+    })
+    .await;
+    assert_eq!(rejected.headers["retry-after"], "1");
+    assert_eq!(assert_error_shape(&rejected)["code"], "queue_full");
+    let after = post(
+        &state,
+        "/v1/completions",
+        &json!({"prompt": "calm", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(after.status, StatusCode::OK);
+}

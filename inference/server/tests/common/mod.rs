@@ -31,6 +31,7 @@ pub fn settings() -> ServerSettings {
         threads: 1,
         max_sequences: 4,
         queue_capacity: 64,
+        log_requests: true,
     }
 }
 
