@@ -25,7 +25,12 @@ fn absmax(values: &[f32]) -> f32 {
 /// the libm call that costs on baseline x86-64: |v| ≤ 127.00002 here (v = x·127/max|x|), far
 /// inside the range where the magic-number trick is exact. NaN becomes 0.
 fn round_to_i8(v: f32) -> i8 {
-    ((v + ROUNDING_MAGIC) - ROUNDING_MAGIC).clamp(-128.0, 127.0) as i8
+    round_half_even(v).clamp(-128.0, 127.0) as i8
+}
+
+/// Round half to even for |v| < 2^22 (NaN stays NaN).
+pub(crate) fn round_half_even(v: f32) -> f32 {
+    (v + ROUNDING_MAGIC) - ROUNDING_MAGIC
 }
 
 /// Int8 activations of `tokens` tokens × `cols` columns, with each token's scale and sums.

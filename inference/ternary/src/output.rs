@@ -5,6 +5,7 @@
 //! its bytes matters. Blocks of 256 rather than q8_0's 32 keep the float work per block small
 //! enough that the product stays memory-bound, and the error is far below the ternary layers'.
 
+use crate::activations::round_half_even;
 use crate::dispatch::{active_table, table_for, Kernel, KernelTable};
 use crate::error::FormatError;
 use crate::pool::{for_each_chunk, ThreadPool};
@@ -298,7 +299,8 @@ impl OutputMatrix {
 }
 
 /// Appends the int8 values of one block to `values` and returns its scale.
-/// Values stay within ±127 so the AVX2 kernel can move signs with `vpsignb`.
+/// Values stay within ±127 so the AVX2 kernel can move signs with `vpsignb`; |v·inverse| ≤ 127
+/// keeps the cheap rounding exact.
 fn quantize_block(block: &[f32], values: &mut Vec<i8>) -> f32 {
     let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
     let scale = max / 127.0;
@@ -306,7 +308,7 @@ fn quantize_block(block: &[f32], values: &mut Vec<i8>) -> f32 {
     values.extend(
         block
             .iter()
-            .map(|&v| (v * inverse).round_ties_even().clamp(-127.0, 127.0) as i8),
+            .map(|&v| round_half_even(v * inverse).clamp(-127.0, 127.0) as i8),
     );
     scale
 }
