@@ -87,6 +87,9 @@ async fn health_is_503_loading_then_200_with_the_checksum_then_503_draining() {
     let draining = get(&state, "/health").await;
     assert_eq!(draining.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(draining.json(), json!({"status": "draining"}));
+    let refused = post(&state, "/v1/completions", &json!({"prompt": "late"})).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(assert_error_shape(&refused)["code"], "draining");
 }
 
 #[tokio::test]
