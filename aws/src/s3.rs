@@ -114,6 +114,26 @@ pub struct ObjectFacts {
     pub sha256: Option<String>,
     pub version_id: Option<String>,
     pub etag: Option<String>,
+    /// `PENDING`, `COMPLETED`, `FAILED` on a replicated source, `REPLICA` on a copy.
+    pub replication_status: Option<String>,
+}
+
+/// Whether a destination bucket holds the expected model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaState {
+    /// The object is there with the expected SHA-256.
+    Matches,
+    /// Not (yet) replicated.
+    Missing,
+    /// Present, but another file (or one without our metadata).
+    Differs { sha256: Option<String> },
+}
+
+/// One destination's answer from [`Aws::check_replicas`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaCheck {
+    pub bucket: BucketRef,
+    pub state: ReplicaState,
 }
 
 /// An object read whole.
@@ -965,6 +985,9 @@ impl Aws {
                     .cloned(),
                 version_id: output.version_id().map(str::to_owned),
                 etag: output.e_tag().map(str::to_owned),
+                replication_status: output
+                    .replication_status()
+                    .map(|status| status.as_str().to_owned()),
             })),
             // HEAD responses have no body, so a missing bucket also reads as "not found".
             Err(AwsError::NoSuchKey { .. }) => {
@@ -973,6 +996,33 @@ impl Aws {
             }
             Err(err) => Err(err),
         }
+    }
+
+    /// Whether each destination already holds `key` with the SHA-256 `expected_sha256`:
+    /// the replication gate before a region may load a new model.
+    pub async fn check_replicas(
+        &self,
+        key: &str,
+        expected_sha256: &str,
+        destinations: &[BucketRef],
+    ) -> Result<Vec<ReplicaCheck>, AwsError> {
+        let mut checks = Vec::with_capacity(destinations.len());
+        for bucket in destinations {
+            let state = match self.head_model(bucket, key).await? {
+                None => ReplicaState::Missing,
+                Some(facts) if facts.sha256.as_deref() == Some(expected_sha256) => {
+                    ReplicaState::Matches
+                }
+                Some(facts) => ReplicaState::Differs {
+                    sha256: facts.sha256,
+                },
+            };
+            checks.push(ReplicaCheck {
+                bucket: bucket.clone(),
+                state,
+            });
+        }
+        Ok(checks)
     }
 
     async fn ensure_bucket(&self, bucket: &BucketRef, op: &'static str) -> Result<(), AwsError> {

@@ -139,6 +139,9 @@ impl Moto {
             log_path,
         };
         moto.wait_until_ready()?;
+        // The log is only read to explain a failed start. A server kept in a `static` is never
+        // dropped, so the file goes now; the server keeps writing to the unlinked file.
+        let _ = std::fs::remove_file(&moto.log_path);
         Ok(moto)
     }
 
@@ -231,7 +234,6 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log_path);
     }
 }
 

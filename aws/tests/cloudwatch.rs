@@ -174,3 +174,37 @@ async fn an_emulator_failure_on_a_percentile_query_is_a_readable_error() {
     );
     assert!(text.contains("InternalFailure"), "{text}");
 }
+
+// The SDK gzips PutMetricData bodies over 10 KiB; the CBOR wrapper must undo that.
+#[tokio::test]
+async fn a_large_compressed_batch_of_datapoints_arrives_whole() {
+    let aws = common::moto().aws().await;
+    let namespace = unique_name("Acme/Test");
+    let rack = unique_name("eu-prod");
+    let minute = past_minute();
+    let points: Vec<(SystemTime, f64)> = (0..400)
+        .map(|index| {
+            (
+                minute + Duration::from_millis(100 * index),
+                (index % 10) as f64,
+            )
+        })
+        .collect();
+    let dimensions = vec![("Rack".to_owned(), rack.clone())];
+    aws.put_datapoints("eu-west-1", &namespace, "LatencyMs", &dimensions, &points)
+        .await
+        .unwrap();
+    let mut count = query(&namespace, &rack, Stat::SampleCount);
+    count.period_secs = 60;
+    let series = aws
+        .get_metric_data(
+            "eu-west-1",
+            &[count, query(&namespace, &rack, Stat::Average)],
+            minute,
+            minute + Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(series[0].values, vec![400.0], "{series:?}");
+    assert_eq!(series[1].values, vec![4.5], "{series:?}");
+}

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use acme_aws::s3::{
-    BucketRef, ReplicationOutcome, ReplicationSpec, UploadOptions, SHA256_METADATA_KEY,
+    BucketRef, ReplicaState, ReplicationOutcome, ReplicationSpec, UploadOptions,
+    SHA256_METADATA_KEY,
 };
 use acme_aws::testing::{create_bucket, unique_name};
 use acme_aws::{Aws, AwsError};
@@ -452,4 +453,61 @@ async fn conditional_writes_let_exactly_one_writer_take_the_lock() {
         aws.list_keys(&bucket, "journal/run-1/").await.unwrap(),
         vec!["journal/run-1/0001.json", "journal/run-1/0002.json"]
     );
+}
+
+#[tokio::test]
+async fn the_replica_check_tells_matching_missing_and_different_copies_apart() {
+    let aws = common::moto().aws().await;
+    let primary = new_bucket(&aws, "us-east-1").await;
+    let eu = new_bucket(&aws, "eu-west-1").await;
+    let apac = new_bucket(&aws, "ap-southeast-1").await;
+    let stale = new_bucket(&aws, "eu-west-1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, bytes) = write_file(dir.path(), 6 * MIB, 8);
+    let uploaded = aws
+        .upload_model(&primary, "m.gguf", &path, &options(false), &|_, _| {})
+        .await
+        .unwrap();
+
+    // moto never replicates: the test copies the object into `eu` itself, as S3 replication
+    // would (same bytes, same metadata), and puts an older model into `stale`.
+    let copy = |bucket: &BucketRef, body: Vec<u8>| {
+        let client = aws.s3(&bucket.region);
+        let bucket = bucket.name.clone();
+        async move {
+            let sha256 = sha256_hex(&body);
+            client
+                .put_object()
+                .bucket(bucket)
+                .key("m.gguf")
+                .metadata(SHA256_METADATA_KEY, sha256)
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    copy(&eu, bytes.clone()).await;
+    copy(&stale, b"older model".to_vec()).await;
+
+    let checks = aws
+        .check_replicas(
+            "m.gguf",
+            &uploaded.sha256,
+            &[eu.clone(), apac.clone(), stale.clone()],
+        )
+        .await
+        .unwrap();
+    let states: Vec<_> = checks.iter().map(|check| check.state.clone()).collect();
+    assert_eq!(
+        states,
+        vec![
+            ReplicaState::Matches,
+            ReplicaState::Missing,
+            ReplicaState::Differs {
+                sha256: Some(sha256_hex(b"older model"))
+            },
+        ]
+    );
+    assert_eq!(checks[1].bucket, apac);
 }
