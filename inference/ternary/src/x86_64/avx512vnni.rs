@@ -3,7 +3,8 @@
 //! broadcast to both halves, so one `vpdpbusd` does 64 MACs for two rows at once. int32 lanes need
 //! no widening (each gains at most 4·2·128 = 1024 per instruction, rows are at most 2^22 long).
 //! The int8 output layer uses `vpdpbusd` too, on activations shifted to unsigned (x + 128) with
-//! the shift removed exactly through a second `vpdpbusd` of 128 × w. The float slots stay AVX2.
+//! the shift removed exactly through a second `vpdpbusd` of 128 × w. The f16 output layer converts
+//! 16 halves per instruction (AVX-512F); the f32 dot stays AVX2.
 
 use crate::dispatch::{check_rows_args, check_tile_args, KernelTable, TILE_ROWS};
 use crate::format::CHUNK;
@@ -24,6 +25,7 @@ pub(crate) fn install(table: KernelTable) -> Option<KernelTable> {
         kernel: crate::dispatch::Kernel::Avx512Vnni,
         ternary_tile,
         q8_rows,
+        f16_rows,
         ..table
     })
 }
@@ -246,4 +248,64 @@ fn hsum_f32(v: __m256) -> f32 {
     let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
     _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
+}
+
+fn f16_rows(w: &[u16], x: &[f32], tokens: usize, out: &mut [f32]) {
+    check_rows_args(w.len(), x.len(), 0, 0, tokens, out.len());
+    let cols = w.len();
+    let row = |t: usize| &x[t * cols..(t + 1) * cols];
+    let mut t = 0;
+    // SAFETY (all calls below): installed only after detecting AVX-512F; every activation row has
+    // exactly `cols` values (checked above).
+    while tokens - t >= 4 {
+        out[t..t + 4].copy_from_slice(&unsafe {
+            f16_rows_avx512::<4>(w, [row(t), row(t + 1), row(t + 2), row(t + 3)])
+        });
+        t += 4;
+    }
+    match tokens - t {
+        3 => out[t..t + 3]
+            .copy_from_slice(&unsafe { f16_rows_avx512::<3>(w, [row(t), row(t + 1), row(t + 2)]) }),
+        2 => {
+            out[t..t + 2].copy_from_slice(&unsafe { f16_rows_avx512::<2>(w, [row(t), row(t + 1)]) })
+        }
+        1 => out[t] = unsafe { f16_rows_avx512::<1>(w, [row(t)]) }[0],
+        _ => {}
+    }
+}
+
+/// One f16 row against `T` tokens: 32 weights are converted per step and used `T` times.
+///
+/// # Safety
+/// AVX-512F; every `x[t].len() == w.len()`.
+#[target_feature(enable = "avx512f")]
+unsafe fn f16_rows_avx512<const T: usize>(w: &[u16], x: [&[f32]; T]) -> [f32; T] {
+    let n = w.len();
+    let mut acc = [[_mm512_setzero_ps(); 2]; T];
+    let mut i = 0;
+    while i + 32 <= n {
+        // SAFETY: i + 32 <= n.
+        let (w0, w1) = unsafe {
+            (
+                _mm512_cvtph_ps(_mm256_loadu_si256(w.as_ptr().add(i) as *const __m256i)),
+                _mm512_cvtph_ps(_mm256_loadu_si256(w.as_ptr().add(i + 16) as *const __m256i)),
+            )
+        };
+        for (acc, x) in acc.iter_mut().zip(&x) {
+            // SAFETY: i + 32 <= n == x.len().
+            let (x0, x1) = unsafe {
+                (
+                    _mm512_loadu_ps(x.as_ptr().add(i)),
+                    _mm512_loadu_ps(x.as_ptr().add(i + 16)),
+                )
+            };
+            acc[0] = _mm512_fmadd_ps(w0, x0, acc[0]);
+            acc[1] = _mm512_fmadd_ps(w1, x1, acc[1]);
+        }
+        i += 32;
+    }
+    std::array::from_fn(|t| {
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]))
+            + crate::scalar::f16_dot(&w[i..], &x[t][i..])
+    })
 }
