@@ -93,14 +93,15 @@ impl OutputMatrix {
 
     /// The q8-style int8 repack: per block of 256 values of a row `d = max|w| / 127`, `q = round(w / d)`.
     /// Drop the original afterwards so the int8 copy replaces it rather than adding to it.
+    /// An int8 matrix is returned as a copy.
     pub fn to_int8(&self) -> Self {
+        if self.is_int8() {
+            return self.clone();
+        }
         let mut values = Vec::with_capacity(self.rows * self.cols);
         let mut scales = Vec::with_capacity(self.rows * self.blocks_per_row());
         let mut row = vec![0f32; self.cols];
         for r in 0..self.rows {
-            if let Storage::Int8 { .. } = self.storage {
-                return self.clone();
-            }
             self.row(r, &mut row);
             for block in row.chunks(Q8_BLOCK) {
                 scales.push(quantize_block(block, &mut values));
