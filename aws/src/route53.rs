@@ -581,6 +581,7 @@ impl Aws {
     ) -> Result<DnsPlan, AwsError> {
         const OP: &str = "plan DNS";
         validate_desired(OP, desired)?;
+        validate_in_zone(OP, zone_name, desired)?;
         let zone = self.find_zone(zone_name).await?;
         let records = self.list_record_sets(&zone).await?;
         let health_checks = self.list_health_checks().await?;
@@ -868,6 +869,28 @@ fn health_check_state(
         record_name: tags.and_then(|tags| tags.get(TAG_RECORD)).cloned(),
         set_identifier: tags.and_then(|tags| tags.get(TAG_SET_ID)).cloned(),
     }
+}
+
+/// Every record must live in the zone it is planned against.
+fn validate_in_zone(
+    op: &'static str,
+    zone_name: &str,
+    desired: &[DesiredLatencyRecord],
+) -> Result<(), AwsError> {
+    let zone = normalize_name(zone_name);
+    for record in desired {
+        let name = normalize_name(&record.name);
+        if name != zone && !name.ends_with(&format!(".{zone}")) {
+            return Err(invalid(
+                op,
+                format!(
+                    "record `{}` (`{}`) is not inside zone `{zone}`; use a name ending in `{zone}` or plan it against its own zone",
+                    record.name, record.set_identifier
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_desired(op: &'static str, desired: &[DesiredLatencyRecord]) -> Result<(), AwsError> {
@@ -1392,6 +1415,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("appears twice"), "{err}");
+    }
+
+    #[test]
+    fn a_record_outside_the_zone_is_refused_naming_both() {
+        let wanted = desired("eu.lb.example.net");
+        assert!(validate_in_zone("plan DNS", "example.com", &[wanted.clone()]).is_ok());
+        assert!(validate_in_zone("plan DNS", "api.example.com.", &[wanted.clone()]).is_ok());
+        let err = validate_in_zone("plan DNS", "ample.com", &[wanted])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("api.example.com") && err.contains("ample.com."),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,8 +1,13 @@
 //! Route53 against moto: latency records and health checks planned and applied idempotently,
 //! drain controls, and the missing-zone error.
 //!
-//! moto deletes every record sharing a SetIdentifier across the zone on DELETE, so each test
-//! uses SetIdentifiers unique in its zone (`api-use1`, ...), as a real zone would.
+//! What moto does not do, and how these tests live with it:
+//! - DELETE of a latency record removes every record sharing its SetIdentifier across the
+//!   zone, so each test uses SetIdentifiers unique in its zone (`api-use1`, ...), as a real
+//!   zone would.
+//! - `GetChange` is always INSYNC, so the INSYNC wait is exercised only on its happy path.
+//! - Health checks are never probed; status is one canned "Success" observation, so the tests
+//!   assert on the configuration and the inversion switch, not on probe results.
 
 mod common;
 
