@@ -16,9 +16,10 @@ pub(crate) const TILE_ROWS: usize = 4;
 /// The tile is `tile.len() / 128` chunks, each 4 rows × 32 bytes of codes in internal order.
 pub(crate) type TernaryTileFn =
     fn(tile: &[u8], x: &[i8], x_stride: usize, tokens: usize, out: &mut [i32]);
-/// Σ w·x of one f16 row (raw bits) with each of `tokens` f32 activation rows (`x` is
-/// `tokens × w.len()`): `out[t]`. Float sums; the order may differ between ISAs.
-pub(crate) type F16RowsFn = fn(w: &[u16], x: &[f32], tokens: usize, out: &mut [f32]);
+/// Σ w·x of one f16 row (raw bits) with each of `tokens` f32 activation rows, token t starting
+/// at `x[t * x_stride]`: `out[t]`. Float sums; the order may differ between ISAs.
+pub(crate) type F16RowsFn =
+    fn(w: &[u16], x: &[f32], x_stride: usize, tokens: usize, out: &mut [f32]);
 /// Σ w·x for f32 rows of equal length.
 pub(crate) type F32DotFn = fn(w: &[f32], x: &[f32]) -> f32;
 /// One int8 row (blocks of `Q8_BLOCK` values, the last possibly shorter, scales `w_scales`)
@@ -29,6 +30,31 @@ pub(crate) type F32DotFn = fn(w: &[f32], x: &[f32]) -> f32;
 /// are summed by halving (`scalar::reduce_lanes`).
 pub(crate) type Q8RowsFn =
     fn(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32], tokens: usize, out: &mut [f32]);
+
+/// Checks the arguments of an f16 row kernel; SIMD kernels rely on it for memory safety.
+pub(crate) fn check_strided_rows(
+    cols: usize,
+    x_len: usize,
+    x_stride: usize,
+    tokens: usize,
+    out_len: usize,
+) {
+    assert!(
+        out_len >= tokens,
+        "output holds {out_len} values, need {tokens}"
+    );
+    if tokens > 0 {
+        assert!(
+            x_stride >= cols,
+            "activation stride {x_stride} is shorter than the row length {cols}"
+        );
+        assert!(
+            x_len >= (tokens - 1) * x_stride + cols,
+            "activations hold {x_len} values, need {}",
+            (tokens - 1) * x_stride + cols
+        );
+    }
+}
 
 /// Checks the arguments of an output-layer row kernel; SIMD kernels rely on it for memory safety.
 pub(crate) fn check_rows_args(

@@ -265,7 +265,7 @@ impl OutputMatrix {
                     let xs = first * cols..(first + count) * cols;
                     match (&self.storage, &quantized) {
                         (Storage::F16(w), _) => {
-                            (table.f16_rows)(&w[range.clone()], &x[xs], count, values)
+                            (table.f16_rows)(&w[range.clone()], &x[xs], cols, count, values)
                         }
                         (Storage::F32(w), _) => {
                             for (t, value) in values.iter_mut().enumerate() {

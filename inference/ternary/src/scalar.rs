@@ -38,10 +38,10 @@ pub(crate) fn f16_dot(w: &[u16], x: &[f32]) -> f32 {
 }
 
 /// See [`crate::dispatch::F16RowsFn`].
-pub(crate) fn f16_rows(w: &[u16], x: &[f32], tokens: usize, out: &mut [f32]) {
-    crate::dispatch::check_rows_args(w.len(), x.len(), 0, 0, tokens, out.len());
+pub(crate) fn f16_rows(w: &[u16], x: &[f32], x_stride: usize, tokens: usize, out: &mut [f32]) {
+    crate::dispatch::check_strided_rows(w.len(), x.len(), x_stride, tokens, out.len());
     for (t, out) in out[..tokens].iter_mut().enumerate() {
-        *out = f16_dot(w, &x[t * w.len()..(t + 1) * w.len()]);
+        *out = f16_dot(w, &x[t * x_stride..t * x_stride + w.len()]);
     }
 }
 

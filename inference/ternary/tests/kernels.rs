@@ -313,6 +313,19 @@ fn output_layer_kernels_agree_with_reference() {
     );
     for tokens in [1, 2, 3, 4, 9, 19] {
         let x = rng.floats(tokens * cols);
+        // The F16 reference itself against a plain f32 sum of the f16 weights.
+        let mut reference = vec![0.0; tokens * rows];
+        f16.matmul_reference(&x, tokens, &mut reference);
+        for (i, value) in reference.iter().enumerate() {
+            let (r, t) = (i % rows, i / rows);
+            let w = |k: usize| half::f16::from_f32(weights[r * cols + k]).to_f32();
+            let naive: f32 = (0..cols).map(|k| w(k) * x[t * cols + k]).sum();
+            let magnitude: f32 = (0..cols).map(|k| (w(k) * x[t * cols + k]).abs()).sum();
+            assert!(
+                (value - naive).abs() <= cols as f32 * f32::EPSILON * magnitude,
+                "f16 output {i}: {value} vs {naive}"
+            );
+        }
         for matrix in [&f16, &f32m, &int8] {
             let mut reference = vec![0.0; tokens * rows];
             matrix.matmul_reference(&x, tokens, &mut reference);

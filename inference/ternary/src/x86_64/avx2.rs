@@ -8,7 +8,9 @@
 //! lane is within [-32768, 32512] ⊂ i16, and it is then widened to i32 with `vpmaddwd` by 1 and
 //! reset. (bitnet.cpp widens every 32 blocks, which can overflow for extreme inputs.)
 
-use crate::dispatch::{check_rows_args, check_tile_args, KernelTable, TILE_ROWS};
+use crate::dispatch::{
+    check_rows_args, check_strided_rows, check_tile_args, KernelTable, TILE_ROWS,
+};
 use crate::format::{CHUNK, CHUNK_BYTES};
 use crate::output::Q8_BLOCK;
 use crate::scalar::{q8_block_lanes, Q8_LANES};
@@ -265,10 +267,10 @@ fn hsum_f32(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
 }
 
-fn f16_rows(w: &[u16], x: &[f32], tokens: usize, out: &mut [f32]) {
-    check_rows_args(w.len(), x.len(), 0, 0, tokens, out.len());
+fn f16_rows(w: &[u16], x: &[f32], x_stride: usize, tokens: usize, out: &mut [f32]) {
+    check_strided_rows(w.len(), x.len(), x_stride, tokens, out.len());
     let cols = w.len();
-    let row = |t: usize| &x[t * cols..(t + 1) * cols];
+    let row = |t: usize| &x[t * x_stride..t * x_stride + cols];
     let mut t = 0;
     // SAFETY (all calls below): installed only after detecting AVX2, FMA and F16C; every
     // activation row has exactly `cols` values (checked above).
