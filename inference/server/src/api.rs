@@ -114,11 +114,18 @@ async fn health(State(state): State<AppState>) -> Response {
             .into_response();
     }
     match state.ready() {
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "loading"})),
-        )
-            .into_response(),
+        None => {
+            let body = match state.download().snapshot() {
+                Some((done, total)) => json!({
+                    "status": "loading",
+                    "phase": "downloading",
+                    "bytes_done": done,
+                    "bytes_total": total,
+                }),
+                None => json!({"status": "loading"}),
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
         Some(ready) => {
             let mut body = serde_json::to_value(&ready.identity).unwrap_or_else(|_| json!({}));
             body["status"] = json!("ok");

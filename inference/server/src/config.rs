@@ -6,13 +6,19 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::model_source::{parse_sha256, ModelSource};
+
 /// Everything `acme-infer` needs to start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// `PORT`: the TCP port to listen on (all interfaces).
     pub port: u16,
-    /// `MODEL_PATH`: the GGUF file to serve.
-    pub model_path: PathBuf,
+    /// `MODEL_PATH`: the GGUF file to serve, a local path or `s3://bucket/key[?versionId=V]`.
+    pub model: ModelSource,
+    /// `MODEL_SHA256`: the SHA-256 a release pins its model to; the served file must match.
+    pub model_sha256: Option<String>,
+    /// `MODEL_CACHE_DIR`: where S3 models are kept between restarts (unset: the default).
+    pub model_cache_dir: Option<PathBuf>,
     /// `MODEL_MAX_TOKENS`: the most tokens one request may generate.
     pub max_tokens: usize,
     /// `INFERENCE_THREADS`: worker threads for the matrix products (default: all cores).
@@ -84,25 +90,27 @@ impl Config {
     /// Reads the settings through `lookup` (normally `std::env::var`).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let lookup: &dyn Fn(&str) -> Option<String> = &lookup;
-        let model_path = match lookup("MODEL_PATH").filter(|v| !v.trim().is_empty()) {
-            None => {
-                return Err(refuse(
+        let model =
+            match lookup("MODEL_PATH").filter(|v| !v.trim().is_empty()) {
+                None => return Err(refuse(
                     "MODEL_PATH",
                     "is not set; set it to the path of a BitNet .gguf file inside the container",
-                ))
-            }
-            Some(path) if path.starts_with("s3://") => {
-                return Err(refuse(
-                    "MODEL_PATH",
-                    format!("{path:?} is an S3 address, which this version cannot fetch yet; download the file into the image or a volume and set MODEL_PATH to its local path"),
-                ))
-            }
-            Some(path) => PathBuf::from(path),
+                )),
+                Some(path) => ModelSource::parse(&path).map_err(|why| refuse("MODEL_PATH", why))?,
+            };
+        let model_sha256 = match lookup("MODEL_SHA256").filter(|v| !v.trim().is_empty()) {
+            None => None,
+            Some(raw) => Some(parse_sha256(&raw).map_err(|why| refuse("MODEL_SHA256", why))?),
         };
+        let model_cache_dir = lookup("MODEL_CACHE_DIR")
+            .filter(|v| !v.trim().is_empty())
+            .map(PathBuf::from);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Config {
             port: integer(lookup, "PORT", DEFAULT_PORT, 1, u64::from(u16::MAX))?,
-            model_path,
+            model,
+            model_sha256,
+            model_cache_dir,
             max_tokens: integer(lookup, "MODEL_MAX_TOKENS", DEFAULT_MAX_TOKENS, 1, 1 << 20)?,
             threads: integer(lookup, "INFERENCE_THREADS", cores, 1, 1024)?,
             max_sequences: integer(
@@ -152,7 +160,12 @@ mod tests {
         let config = parse(&[("MODEL_PATH", "/models/m.gguf")]).unwrap();
         assert_eq!(config.port, 8080);
         assert_eq!(config.max_tokens, 512);
-        assert_eq!(config.model_path, PathBuf::from("/models/m.gguf"));
+        assert_eq!(
+            config.model,
+            ModelSource::File(PathBuf::from("/models/m.gguf"))
+        );
+        assert_eq!(config.model_sha256, None);
+        assert_eq!(config.model_cache_dir, None);
         assert!(config.threads >= 1);
     }
 
@@ -188,12 +201,44 @@ mod tests {
     }
 
     #[test]
-    fn missing_or_s3_model_path_is_refused_with_a_fix() {
+    fn missing_or_malformed_model_path_is_refused_with_a_fix() {
         let missing = parse(&[]).unwrap_err();
         assert_eq!(missing.variable, "MODEL_PATH");
         assert!(missing.message.contains("set it"));
-        let s3 = parse(&[("MODEL_PATH", "s3://models/bitnet.gguf")]).unwrap_err();
-        assert_eq!(s3.variable, "MODEL_PATH");
-        assert!(s3.message.contains("S3"), "{s3}");
+        let no_key = parse(&[("MODEL_PATH", "s3://models")]).unwrap_err();
+        assert_eq!(no_key.variable, "MODEL_PATH");
+        assert!(no_key.message.contains("s3://bucket/key"), "{no_key}");
+    }
+
+    #[test]
+    fn s3_model_path_pin_and_cache_dir_are_read() {
+        let pin = "AB".repeat(32);
+        let config = parse(&[
+            ("MODEL_PATH", "s3://models/bitnet/2b.gguf?versionId=v7"),
+            ("MODEL_SHA256", &pin),
+            ("MODEL_CACHE_DIR", "/data/models"),
+        ])
+        .unwrap();
+        let ModelSource::S3(object) = &config.model else {
+            panic!("not an S3 source: {:?}", config.model);
+        };
+        assert_eq!(
+            (
+                object.bucket.as_str(),
+                object.key.as_str(),
+                object.version_id.as_deref()
+            ),
+            ("models", "bitnet/2b.gguf", Some("v7"))
+        );
+        // Lower-cased, so it compares equal to what the server computes and S3 records.
+        assert_eq!(config.model_sha256, Some("ab".repeat(32)));
+        assert_eq!(config.model_cache_dir, Some(PathBuf::from("/data/models")));
+    }
+
+    #[test]
+    fn a_malformed_pin_names_model_sha256() {
+        let error = parse(&[("MODEL_PATH", "m.gguf"), ("MODEL_SHA256", "abc123")]).unwrap_err();
+        assert_eq!(error.variable, "MODEL_SHA256");
+        assert!(error.message.contains("64 hex"), "{error}");
     }
 }

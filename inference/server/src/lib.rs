@@ -10,10 +10,13 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod model_source;
+pub mod s3_fetch;
 pub mod scheduler;
 pub mod state;
 
 pub use api::{app, classification_prompt};
 pub use config::{Config, ConfigError};
 pub use error::{ApiError, ApiJson};
-pub use state::{AppState, ModelIdentity, ServerSettings};
+pub use model_source::{ModelSource, S3Object};
+pub use state::{AppState, DownloadProgress, ModelIdentity, ServerSettings};

@@ -1,12 +1,15 @@
 //! `acme-infer`: read the settings from the environment, bind the port at once (so probes
 //! see 503 while the model loads), load the model in the background, serve until SIGTERM,
-//! then drain in-flight requests within the grace period and exit 0.
+//! then drain in-flight requests within the grace period and exit 0. An `s3://` model is
+//! fetched into the cache first (`/health` says how far the download has got).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use server::api::log_line;
-use server::{app, AppState, Config, ServerSettings};
+use server::s3_fetch::{fetch_model, ModelCache};
+use server::{app, AppState, Config, ModelSource, S3Object, ServerSettings};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -18,13 +21,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if !config.model_path.is_file() {
-        eprintln!(
-            "acme-infer: MODEL_PATH: {} does not exist or is not a file; set MODEL_PATH to the model's .gguf file",
-            config.model_path.display()
-        );
-        return ExitCode::from(2);
-    }
+    let plan = match &config.model {
+        ModelSource::File(path) => {
+            if !path.is_file() {
+                eprintln!(
+                    "acme-infer: MODEL_PATH: {} does not exist or is not a file; set MODEL_PATH to the model's .gguf file",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+            LoadPlan::File(path.clone())
+        }
+        ModelSource::S3(object) => match ModelCache::open(config.model_cache_dir.as_deref()) {
+            Ok(cache) => LoadPlan::S3(object.clone(), cache),
+            Err(why) => {
+                eprintln!("acme-infer: {why}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         // The executor only parses, tokenizes and relays; the model runs on its own threads.
         .worker_threads(2)
@@ -37,13 +52,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(serve(config));
+    let code = runtime.block_on(serve(config, plan));
     // A model load still running must not hold the exit.
     runtime.shutdown_timeout(Duration::from_millis(100));
     code
 }
 
-async fn serve(config: Config) -> ExitCode {
+/// Where the model file comes from, with what that needs already checked.
+enum LoadPlan {
+    File(PathBuf),
+    S3(S3Object, ModelCache),
+}
+
+async fn serve(config: Config, plan: LoadPlan) -> ExitCode {
     let state = AppState::new(ServerSettings::from(&config));
     let listener = match TcpListener::bind(("0.0.0.0", config.port)).await {
         Ok(listener) => listener,
@@ -55,16 +76,21 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let source = match &plan {
+        LoadPlan::File(path) => path.display().to_string(),
+        LoadPlan::S3(object, _) => object.to_string(),
+    };
     log_line(&format!(
-        "acme-infer {} listening on 0.0.0.0:{}, loading {}",
+        "acme-infer {} listening on 0.0.0.0:{}, loading {source}",
         env!("CARGO_PKG_VERSION"),
         config.port,
-        config.model_path.display()
     ));
 
-    let loader_state = state.clone();
-    let model_path = config.model_path.clone();
-    let mut loader = tokio::task::spawn_blocking(move || loader_state.load_model(&model_path));
+    let mut loader = tokio::spawn(fetch_and_load(
+        state.clone(),
+        plan,
+        config.model_sha256.clone(),
+    ));
 
     let (draining_tx, mut draining_rx) = watch::channel(false);
     let shutdown_state = state.clone();
@@ -132,6 +158,35 @@ async fn serve(config: Config) -> ExitCode {
             }
         }
     }
+}
+
+/// Fetches an S3 model into the cache if needed, then loads it (off the executor), refusing
+/// a file whose SHA-256 is not the pinned or verified one.
+async fn fetch_and_load(
+    state: AppState,
+    plan: LoadPlan,
+    pinned: Option<String>,
+) -> Result<(), String> {
+    let (path, expected) = match plan {
+        LoadPlan::File(path) => (path, pinned),
+        LoadPlan::S3(object, cache) => {
+            let fetched = fetch_model(&object, pinned.as_deref(), &cache, state.download()).await?;
+            log_line(&format!(
+                "{} {object} as {} (sha256 {})",
+                if fetched.downloaded {
+                    "downloaded"
+                } else {
+                    "model cache hit: using cached"
+                },
+                fetched.path.display(),
+                fetched.sha256
+            ));
+            (fetched.path, Some(fetched.sha256))
+        }
+    };
+    tokio::task::spawn_blocking(move || state.load_model_expecting(&path, expected.as_deref()))
+        .await
+        .map_err(|panic| format!("the model loader crashed: {panic}"))?
 }
 
 /// Resolves on SIGTERM (what Convox and Docker send) or Ctrl-C.

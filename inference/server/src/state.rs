@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -72,9 +72,45 @@ pub struct Ready {
     pub identity: ModelIdentity,
 }
 
+/// How far a model download has got, for `/health` while loading.
+#[derive(Debug, Default)]
+pub struct DownloadProgress {
+    active: AtomicBool,
+    done: AtomicU64,
+    total: AtomicU64,
+}
+
+impl DownloadProgress {
+    /// A download of `total` bytes begins.
+    pub fn start(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+        self.done.store(0, Ordering::Relaxed);
+        self.active.store(true, Ordering::Release);
+    }
+
+    pub fn advance(&self, bytes: u64) {
+        self.done.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub fn finish(&self) {
+        self.active.store(false, Ordering::Release);
+    }
+
+    /// `(bytes done, bytes total)` while a download runs.
+    pub fn snapshot(&self) -> Option<(u64, u64)> {
+        self.active.load(Ordering::Acquire).then(|| {
+            (
+                self.done.load(Ordering::Relaxed),
+                self.total.load(Ordering::Relaxed),
+            )
+        })
+    }
+}
+
 struct Inner {
     settings: ServerSettings,
     ready: OnceLock<Ready>,
+    download: DownloadProgress,
     draining: AtomicBool,
     metrics: Arc<Metrics>,
 }
@@ -91,6 +127,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 settings,
                 ready: OnceLock::new(),
+                download: DownloadProgress::default(),
                 draining: AtomicBool::new(false),
                 metrics: Arc::new(Metrics::default()),
             }),
@@ -100,6 +137,17 @@ impl AppState {
     /// Hashes, loads and warms up the model at `path` and starts the scheduler. Blocking and
     /// slow: call it off the async executor. Errors are complete sentences for the log.
     pub fn load_model(&self, path: &Path) -> Result<(), String> {
+        self.load_model_expecting(path, None)
+    }
+
+    /// [`Self::load_model`], refusing the file (before it is served) unless its SHA-256 is
+    /// `expected_sha256` (lower-case hex): the release's pin, or the checksum a download was
+    /// verified against, so a file swapped since is caught.
+    pub fn load_model_expecting(
+        &self,
+        path: &Path,
+        expected_sha256: Option<&str>,
+    ) -> Result<(), String> {
         let started = Instant::now();
         let settings = &self.inner.settings;
         let options = LoadOptions {
@@ -115,6 +163,14 @@ impl AppState {
         let sha256 = sha256
             .map_err(|_| "hashing the model file panicked".to_string())?
             .map_err(|e| format!("cannot read MODEL_PATH {}: {e}", path.display()))?;
+        if let Some(expected) = expected_sha256 {
+            if sha256 != expected {
+                return Err(format!(
+                    "the model file {} has sha256 {sha256} but {expected} is expected (MODEL_SHA256 or the S3 object's recorded sha256); serve the pinned model or fix the pin",
+                    path.display()
+                ));
+            }
+        }
         let model = model.map_err(|e| {
             format!(
                 "cannot load the model at MODEL_PATH {}: {e}",
@@ -158,6 +214,11 @@ impl AppState {
             .map_err(|_| "a model is already loaded; load_model may be called once".to_string())
     }
 
+    /// The model download's progress, updated by the S3 fetcher.
+    pub fn download(&self) -> &DownloadProgress {
+        &self.inner.download
+    }
+
     pub fn ready(&self) -> Option<&Ready> {
         self.inner.ready.get()
     }
@@ -197,7 +258,8 @@ fn warm_up(model: &Model, tokenizer: &Tokenizer) -> Result<(), String> {
     Ok(())
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<String> {
+/// Lower-case hex SHA-256 of the file at `path`.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
@@ -208,9 +270,10 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
         }
         hasher.update(&buffer[..read]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -93,6 +93,50 @@ async fn health_is_503_loading_then_200_with_the_checksum_then_503_draining() {
 }
 
 #[tokio::test]
+async fn health_reports_download_progress_while_an_s3_model_downloads() {
+    let state = AppState::new(settings());
+    state.download().start(1000);
+    state.download().advance(250);
+    let downloading = get(&state, "/health").await;
+    assert_eq!(downloading.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        downloading.json(),
+        json!({"status": "loading", "phase": "downloading", "bytes_done": 250, "bytes_total": 1000})
+    );
+    // Once the download is over, loading the file is plain "loading" again.
+    state.download().finish();
+    assert_eq!(
+        get(&state, "/health").await.json(),
+        json!({"status": "loading"})
+    );
+}
+
+#[tokio::test]
+async fn a_model_whose_checksum_is_not_the_expected_one_is_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_tiny_model(dir.path());
+    let state = AppState::new(settings());
+    let expected = "0".repeat(64);
+    let loader = state.clone();
+    let load_path = path.clone();
+    let error = tokio::task::spawn_blocking(move || {
+        loader.load_model_expecting(&load_path, Some(&"0".repeat(64)))
+    })
+    .await
+    .unwrap()
+    .unwrap_err();
+    let actual = format!("{:x}", Sha256::digest(std::fs::read(&path).unwrap()));
+    assert!(
+        error.contains(&actual) && error.contains(&expected),
+        "{error}"
+    );
+    assert_eq!(
+        get(&state, "/health").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test]
 async fn greedy_completion_is_deterministic_and_equals_the_runtime() {
     let (state, _dir, path) = ready_state(settings());
     let request = json!({"prompt": "The quick brown fox", "max_tokens": 12, "temperature": 0});

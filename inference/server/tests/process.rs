@@ -101,7 +101,10 @@ fn wait_for(deadline: Duration, mut check: impl FnMut() -> bool) {
 #[test]
 fn bad_settings_exit_non_zero_with_a_message_naming_the_variable() {
     for (vars, variable) in [
-        (vec![("MODEL_PATH", "s3://bucket/model.gguf")], "MODEL_PATH"),
+        (
+            vec![("MODEL_PATH", "s3://bucket-without-key")],
+            "MODEL_PATH",
+        ),
         (
             vec![("MODEL_PATH", "/nonexistent/model.gguf")],
             "MODEL_PATH",
@@ -110,6 +113,17 @@ fn bad_settings_exit_non_zero_with_a_message_naming_the_variable() {
         (
             vec![("MODEL_PATH", "x.gguf"), ("MODEL_MAX_TOKENS", "0")],
             "MODEL_MAX_TOKENS",
+        ),
+        (
+            vec![("MODEL_PATH", "x.gguf"), ("MODEL_SHA256", "deadbeef")],
+            "MODEL_SHA256",
+        ),
+        (
+            vec![
+                ("MODEL_PATH", "s3://models/m.gguf"),
+                ("MODEL_CACHE_DIR", "/proc/acme-infer-cache"),
+            ],
+            "MODEL_CACHE_DIR",
         ),
     ] {
         let output = Command::new(BINARY)
