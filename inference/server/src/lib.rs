@@ -3,7 +3,8 @@
 //! of all running sequences (continuous batching) on the `bitnet` runtime.
 //!
 //! Tests and embedders build the router with [`app`] over an [`AppState`], then load a model
-//! with [`AppState::load_model`] (from a blocking thread).
+//! with [`AppState::load_model`] (from a blocking thread). `MODEL_PATH=s3://…` models are
+//! fetched, verified and cached by [`s3_fetch::fetch_model`] first.
 #![deny(unsafe_code)]
 
 pub mod api;

@@ -62,9 +62,11 @@ impl ModelSource {
                 Some(version) if !version.is_empty() && !version.contains('&') => {
                     Some(version.to_string())
                 }
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "{raw:?}: the only query understood is ?versionId=V (one version id); {shape}"
-                )),
+                ))
+                }
             },
         };
         Ok(ModelSource::S3(S3Object {
