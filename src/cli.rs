@@ -73,6 +73,83 @@ pub enum Command {
     /// Inspect or break the deploy lock.
     #[command(subcommand)]
     Lock(LockCommand),
+    /// Route53 latency records and health checks for the public name.
+    #[command(subcommand)]
+    Dns(DnsCommand),
+    /// Take a region out of rotation (incident response), with safety checks.
+    #[command(
+        after_help = "Examples:\n  acme-rollout drain apac\n  acme-rollout drain apac --scale-to-zero\n  acme-rollout drain eu --force --reason \"INC-231: eu-west-1 degraded\""
+    )]
+    Drain(DrainArgs),
+    /// Put a drained region back: scale back, wait for health, back into rotation.
+    #[command(after_help = "Examples:\n  acme-rollout restore apac")]
+    Restore(RestoreArgs),
+    /// Model artifacts in S3: upload, and where each version has replicated.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// S3 cross-region replication of the model bucket.
+    #[command(subcommand)]
+    Replication(ReplicationCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DnsCommand {
+    /// Show how Route53 differs from racks.toml.
+    Plan,
+    /// Change Route53 to match racks.toml (one change batch; waits until in sync).
+    Apply,
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The region: rack name, AWS region, alias or unique part of a name.
+    #[arg(value_name = "REGION")]
+    pub region: String,
+    /// Also scale the service to 0 after saving its count (restore scales it back).
+    #[arg(long)]
+    pub scale_to_zero: bool,
+    /// Drain even when a safety check refuses (needs --reason; recorded).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[arg(value_name = "REGION")]
+    pub region: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Upload a model file to the primary bucket and wait until every region holds it.
+    #[command(
+        after_help = "Examples:\n  acme-rollout models push ./bitnet-2b4t-i2s.gguf\n  acme-rollout models push model.gguf --name bitnet-v2.gguf --no-wait"
+    )]
+    Push(ModelsPushArgs),
+    /// Each model in the primary bucket and its state in every region.
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsPushArgs {
+    /// The model file (GGUF).
+    #[arg(value_name = "FILE")]
+    pub file: std::path::PathBuf,
+    /// Name under the models prefix (default: the file name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Return after the upload, without waiting for the regional copies.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for every region to hold the model.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "15m")]
+    pub wait: std::time::Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReplicationCommand {
+    /// Versioning on every model bucket, and one replication rule per region on the primary.
+    Apply,
 }
 
 #[derive(Debug, Args)]
@@ -95,6 +172,9 @@ pub struct DeployArgs {
     /// When a later rack fails, keep racks promoted earlier in the run on the new release.
     #[arg(long)]
     pub no_rollback_promoted: bool,
+    /// Deploy even though a region is drained.
+    #[arg(long)]
+    pub allow_drained: bool,
 }
 
 #[derive(Debug, Args)]

@@ -44,15 +44,25 @@ pub fn make_ctx(cfg: Config, settings: &Settings) -> Result<Ctx> {
         cfg.convox.call_timeout,
         cfg.convox.deploy_timeout,
     );
+    let aws = Arc::new(tokio::sync::OnceCell::new());
     let http = reqwest::Client::builder()
         .user_agent(concat!("acme-rollout/", env!("CARGO_PKG_VERSION")))
         .build()?;
     Ok(Ctx {
-        cfg: Arc::new(cfg),
+        cfg: Arc::new(cfg.clone()),
         convox,
         reporter: settings.printer.reporter(),
         http,
         owner: settings.owner.clone(),
+        store: match &cfg.state.s3 {
+            Some(s3) => crate::rollout::store::Store::S3 {
+                aws: aws.clone(),
+                bucket: acme_aws::s3::BucketRef::new(&s3.region, &s3.bucket),
+                prefix: s3.prefix.clone(),
+            },
+            None => crate::rollout::store::Store::Local(cfg.state.dir.clone()),
+        },
+        aws,
     })
 }
 
@@ -102,6 +112,21 @@ pub async fn deploy(ctx: &Ctx, settings: &Settings, args: DeployArgs) -> Result<
         .map(|(_, r)| r.join(" + "))
         .collect::<Vec<_>>()
         .join(" → ");
+    let scope: Vec<String> = waves.iter().flat_map(|(_, r)| r.clone()).collect();
+    let drained: Vec<String> = crate::drain::drained(&ctx.cfg.state.dir)?
+        .into_iter()
+        .map(|d| d.rack)
+        .filter(|r| scope.contains(r))
+        .collect();
+    if !drained.is_empty() && !args.allow_drained {
+        return Err(Failure::new(
+            Outcome::Refused,
+            format!("{} drained; nothing was changed", drained.join(", ") + if drained.len() == 1 { " is" } else { " are" }),
+        )
+        .with_hint("restore it first (`acme-rollout restore REGION`), deploy elsewhere with --only, or pass --allow-drained")
+        .into());
+    }
+    let pins = crate::models::replication_gate(ctx, &scope).await?;
     confirm(settings, &format!("Deploy to {listing}?"))?;
     engine::deploy(
         ctx,
@@ -111,6 +136,7 @@ pub async fn deploy(ctx: &Ctx, settings: &Settings, args: DeployArgs) -> Result<
             reason: settings.reason.clone(),
             rollback_promoted: ctx.cfg.rollback_promoted && !args.no_rollback_promoted,
             release: args.release,
+            pins,
         },
     )
     .await
@@ -190,13 +216,7 @@ pub async fn plan(ctx: &Ctx, settings: &Settings, args: PlanArgs) -> Result<Summ
         &json_rows,
     );
     if problems.is_empty() {
-        Ok(Summary {
-            run: None,
-            outcome: Outcome::Done,
-            racks: Vec::new(),
-            error: None,
-            hint: None,
-        })
+        Ok(Summary::done())
     } else {
         Ok(Summary::failed(
             Outcome::Refused,
@@ -280,7 +300,7 @@ pub async fn status(ctx: &Ctx, settings: &Settings) -> Result<Summary> {
         &rows,
         &values,
     );
-    let lock = lock::status(&ctx.cfg.state.dir)?;
+    let lock = lock::status(&ctx.store)?;
     if let Some((holder, stale)) = lock {
         ctx.reporter.event(&crate::rollout::Event::Note {
             message: format!(
@@ -294,13 +314,7 @@ pub async fn status(ctx: &Ctx, settings: &Settings) -> Result<Summary> {
             ),
         });
     }
-    Ok(Summary {
-        run: None,
-        outcome: Outcome::Done,
-        racks: Vec::new(),
-        error: None,
-        hint: None,
-    })
+    Ok(Summary::done())
 }
 
 async fn rack_status(ctx: &Ctx, name: &str, health_path: &str) -> serde_json::Value {
@@ -313,7 +327,7 @@ async fn rack_status(ctx: &Ctx, name: &str, health_path: &str) -> serde_json::Va
         .unwrap_or_default();
     let r = name.to_string();
     let info = ctx.convox(move |c| c.app_info(&r)).await;
-    let journal_state = engine::latest_run_for(&ctx.cfg.state.dir, name)
+    let journal_state = engine::latest_run_for(&ctx.store, name)
         .ok()
         .flatten()
         .map(|s| {
@@ -374,7 +388,7 @@ async fn rack_status(ctx: &Ctx, name: &str, health_path: &str) -> serde_json::Va
 fn journal_line(state: &RunState, rack: &str) -> String {
     let r = &state.racks[rack];
     let end = match state.finished {
-        Some(o) => format!("{o:?}").to_lowercase(),
+        Some(o) => o.name().to_string(),
         None if state.interrupted => "interrupted".into(),
         None => "running, or killed".into(),
     };
@@ -420,7 +434,7 @@ pub async fn rollback(ctx: &Ctx, settings: &Settings, args: RollbackArgs) -> Res
 async fn previous_release(ctx: &Ctx, rack: &str) -> Result<String> {
     let r = rack.to_string();
     let info = ctx.convox(move |c| c.app_info(&r)).await?;
-    if let Some(state) = engine::latest_run_for(&ctx.cfg.state.dir, rack)? {
+    if let Some(state) = engine::latest_run_for(&ctx.store, rack)? {
         let prev = state.racks[rack].start.previous_release.clone();
         if prev != info.release {
             return Ok(prev);
@@ -448,7 +462,7 @@ async fn previous_release(ctx: &Ctx, rack: &str) -> Result<String> {
 }
 
 pub async fn lock_command(ctx: &Ctx, settings: &Settings, cmd: LockCommand) -> Result<Summary> {
-    let dir = &ctx.cfg.state.dir;
+    let dir = &ctx.store;
     match cmd {
         LockCommand::Status => {
             let rows: Vec<Vec<String>>;
@@ -478,13 +492,7 @@ pub async fn lock_command(ctx: &Ctx, settings: &Settings, cmd: LockCommand) -> R
                 &rows,
                 &json_rows,
             );
-            Ok(Summary {
-                run: None,
-                outcome: Outcome::Done,
-                racks: vec![],
-                error: None,
-                hint: None,
-            })
+            Ok(Summary::done())
         }
         LockCommand::Release { force } => {
             if !force || settings.reason.is_none() {
@@ -516,13 +524,7 @@ pub async fn lock_command(ctx: &Ctx, settings: &Settings, cmd: LockCommand) -> R
                 }
             }
             ctx.reporter.event(&crate::rollout::Event::Note { message });
-            Ok(Summary {
-                run: None,
-                outcome: Outcome::Done,
-                racks: vec![],
-                error: None,
-                hint: None,
-            })
+            Ok(Summary::done())
         }
     }
 }

@@ -6,7 +6,10 @@ mod cli;
 mod commands;
 mod config;
 mod convox;
+mod dns;
+mod drain;
 mod env;
+mod models;
 mod outcome;
 mod report;
 mod rollout;
@@ -73,6 +76,34 @@ async fn dispatch(cli: Cli, settings: &Settings) -> anyhow::Result<Summary> {
             Command::Status => commands::status(&ctx, settings).await,
             Command::Rollback(args) => commands::rollback(&ctx, settings, args).await,
             Command::Lock(cmd) => commands::lock_command(&ctx, settings, cmd).await,
+            Command::Dns(cli::DnsCommand::Plan) => dns::plan_command(&ctx, &settings.printer).await,
+            Command::Dns(cli::DnsCommand::Apply) => {
+                dns::apply_command(&ctx, &settings.printer).await
+            }
+            Command::Drain(args) => {
+                drain::drain(
+                    &ctx,
+                    settings.reason.clone(),
+                    drain::DrainArgs {
+                        region: args.region,
+                        scale_to_zero: args.scale_to_zero,
+                        force: args.force,
+                    },
+                )
+                .await
+            }
+            Command::Restore(args) => {
+                drain::restore(&ctx, settings.reason.clone(), &args.region).await
+            }
+            Command::Models(cli::ModelsCommand::Push(args)) => {
+                models::push(&ctx, settings, args).await
+            }
+            Command::Models(cli::ModelsCommand::Status) => {
+                models::status(&ctx, &settings.printer).await
+            }
+            Command::Replication(cli::ReplicationCommand::Apply) => {
+                models::replication_apply(&ctx).await
+            }
         }
     };
     tokio::select! {

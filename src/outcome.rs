@@ -24,6 +24,20 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The name used on the wire (`"rolled-back"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Done => "done",
+            Outcome::Error => "error",
+            Outcome::RolledBack => "rolled-back",
+            Outcome::Refused => "refused",
+            Outcome::LockHeld => "lock-held",
+            Outcome::TimedOut => "timed-out",
+            Outcome::DrainRefused => "drain-refused",
+            Outcome::RollbackFailed => "rollback-failed",
+        }
+    }
+
     pub fn code(self) -> u8 {
         match self {
             Outcome::Done => 0,

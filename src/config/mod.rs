@@ -22,6 +22,60 @@ pub struct Config {
     /// Waves in order; each holds indexes into `racks`.
     pub waves: Vec<Wave>,
     pub rollback_promoted: bool,
+    pub dns: Option<Dns>,
+    pub models: Option<Models>,
+    /// Publish rollout events as CloudWatch metrics.
+    pub events_cloudwatch: bool,
+}
+
+/// `[dns]`: one latency record per rack for the public name, each with a health check.
+#[derive(Debug, Clone)]
+pub struct Dns {
+    pub zone: String,
+    pub name: String,
+    pub ttl: u32,
+    pub min_in_rotation: usize,
+    pub health_path: String,
+    pub health_port: u16,
+    pub health_https: bool,
+    pub failure_threshold: u8,
+    pub request_interval: u8,
+}
+
+/// `[models]`: the primary model bucket and the model the app runs.
+#[derive(Debug, Clone)]
+pub struct Models {
+    pub bucket: String,
+    pub region: String,
+    pub prefix: String,
+    pub name: String,
+    pub replication_role: Option<String>,
+    pub part_size: u64,
+    pub parallelism: usize,
+}
+
+impl Models {
+    /// The object key of a model by name.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+}
+
+/// A CloudWatch query checked during the bake.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricGate {
+    pub name: String,
+    pub namespace: String,
+    pub metric: String,
+    pub dimensions: Vec<(String, String)>,
+    pub stat: String,
+    pub period: Duration,
+    pub threshold: f64,
+    /// Fail when a point is above the threshold (else: below).
+    pub fail_above: bool,
+    pub breaching: u32,
+    /// No data at all fails the gate.
+    pub missing_fails: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +99,15 @@ pub struct ConvoxSettings {
 pub struct StateSettings {
     /// Local journal + lock directory, absolute.
     pub dir: PathBuf,
+    /// When set, the journal and the lock live in S3 instead.
+    pub s3: Option<S3State>,
+}
+
+#[derive(Debug, Clone)]
+pub struct S3State {
+    pub bucket: String,
+    pub prefix: String,
+    pub region: String,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +116,9 @@ pub struct Rack {
     pub region: String,
     pub aliases: Vec<String>,
     pub bake: Bake,
+    pub bucket: Option<String>,
+    pub domain: Option<String>,
+    pub max_scale: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +134,7 @@ pub struct Bake {
     pub health: Option<HealthGate>,
     pub logs: Option<LogGate>,
     pub golden: Option<golden::GoldenGate>,
+    pub metrics: Vec<MetricGate>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -246,6 +313,7 @@ fn validate(file: schema::File, at: &Locator) -> Result<Config, ConfigError> {
     let resolver = BakeResolver {
         duration: &duration,
         golden: &load_golden,
+        locator: at,
     };
     let bake_defaults = resolve_bake(&file.bake, None, &resolver)?;
 
@@ -275,11 +343,21 @@ fn validate(file: schema::File, at: &Locator) -> Result<Config, ConfigError> {
             Some(b) => resolve_bake(b, Some(&bake_defaults), &resolver)?,
             None => bake_defaults.clone(),
         };
+        if file.models.is_some() && rack.bucket.is_none() {
+            return Err(at.error(
+                rack.name.span(),
+                format!("rack `{name}` has no model bucket, and [models] is set"),
+                Some("add bucket = \"<regional model bucket>\" to this [[rack]]".into()),
+            ));
+        }
         racks.push(Rack {
             name,
             region: rack.region.clone(),
             aliases: rack.aliases.iter().map(|a| a.get_ref().clone()).collect(),
             bake,
+            bucket: rack.bucket.clone(),
+            domain: rack.domain.clone(),
+            max_scale: rack.max_scale,
         });
     }
 
@@ -406,10 +484,102 @@ fn validate(file: schema::File, at: &Locator) -> Result<Config, ConfigError> {
         convox,
         state: StateSettings {
             dir: absolute(file.state.dir.as_deref().unwrap_or(".acme-rollout")),
+            s3: file.state.bucket.clone().map(|bucket| S3State {
+                bucket,
+                prefix: normalize_prefix(file.state.prefix.as_deref().unwrap_or("acme-rollout/")),
+                region: file
+                    .state
+                    .region
+                    .clone()
+                    .unwrap_or_else(|| racks[0].region.clone()),
+            }),
         },
         racks,
         waves,
         rollback_promoted: file.rollback.promoted.unwrap_or(true),
+        dns: file.dns.as_ref().map(|d| resolve_dns(d, at)).transpose()?,
+        models: file.models.as_ref().map(|m| Models {
+            bucket: m.bucket.clone(),
+            region: m.region.clone(),
+            prefix: normalize_prefix(m.prefix.as_deref().unwrap_or("models/")),
+            name: m.name.clone(),
+            replication_role: m.replication_role.clone(),
+            part_size: m.part_size_mib.unwrap_or(64).max(5) * 1024 * 1024,
+            parallelism: m.parallelism.unwrap_or(4).max(1),
+        }),
+        events_cloudwatch: file.events.cloudwatch.unwrap_or(false),
+    })
+}
+
+/// `""` or `"x"` → `""` or `"x/"`.
+fn normalize_prefix(p: &str) -> String {
+    let p = p.trim_start_matches('/');
+    if p.is_empty() || p.ends_with('/') {
+        p.to_string()
+    } else {
+        format!("{p}/")
+    }
+}
+
+fn resolve_dns(d: &schema::DnsFile, at: &Locator) -> Result<Dns, ConfigError> {
+    let ttl =
+        match &d.ttl {
+            Some(t) if *t.get_ref() == 0 || *t.get_ref() > 60 => return Err(at.error(
+                t.span(),
+                format!("ttl {} is out of range", t.get_ref()),
+                Some(
+                    "use 1 to 60 seconds: a drain waits one TTL for resolvers to forget the region"
+                        .into(),
+                ),
+            )),
+            Some(t) => *t.get_ref(),
+            None => 60,
+        };
+    let h = d.health_check.as_ref();
+    let failure_threshold = match h.and_then(|h| h.failure_threshold.as_ref()) {
+        Some(f) if !(1..=10).contains(f.get_ref()) => {
+            return Err(at.error(f.span(), "failure_threshold must be 1 to 10".into(), None))
+        }
+        Some(f) => *f.get_ref(),
+        None => 3,
+    };
+    let request_interval = match h.and_then(|h| h.request_interval.as_ref()) {
+        Some(i) if ![10, 30].contains(i.get_ref()) => {
+            return Err(at.error(
+                i.span(),
+                "request_interval must be 10 or 30 (seconds), as Route53 allows".into(),
+                None,
+            ))
+        }
+        Some(i) => *i.get_ref(),
+        None => 10,
+    };
+    let https = h.and_then(|h| h.https).unwrap_or(true);
+    let zone = d.zone.trim_end_matches('.').to_ascii_lowercase();
+    let name = d.name.get_ref().trim_end_matches('.').to_ascii_lowercase();
+    if name != zone && !name.ends_with(&format!(".{zone}")) {
+        return Err(at.error(
+            d.name.span(),
+            format!("the public name `{name}` is not inside the zone `{zone}`"),
+            Some(format!(
+                "use a name ending in .{zone}, or the zone that holds it"
+            )),
+        ));
+    }
+    Ok(Dns {
+        zone: d.zone.clone(),
+        name,
+        ttl,
+        min_in_rotation: d.min_in_rotation.unwrap_or(1),
+        health_path: h
+            .and_then(|h| h.path.clone())
+            .unwrap_or_else(|| "/health".into()),
+        health_port: h
+            .and_then(|h| h.port)
+            .unwrap_or(if https { 443 } else { 80 }),
+        health_https: https,
+        failure_threshold,
+        request_interval,
     })
 }
 
@@ -432,6 +602,74 @@ type LoadGolden<'a> =
 struct BakeResolver<'a> {
     duration: ParseDuration<'a>,
     golden: LoadGolden<'a>,
+    locator: &'a Locator<'a>,
+}
+
+fn resolve_metric(
+    m: &schema::MetricGateFile,
+    duration: ParseDuration,
+    at: &Locator,
+) -> Result<MetricGate, ConfigError> {
+    let stat = m.stat.get_ref().clone();
+    let percentile = stat
+        .strip_prefix('p')
+        .and_then(|p| p.parse::<f64>().ok())
+        .is_some_and(|p| (0.0..=100.0).contains(&p));
+    if !percentile
+        && !["Average", "Sum", "Maximum", "Minimum", "SampleCount"].contains(&stat.as_str())
+    {
+        return Err(at.error(
+            m.stat.span(),
+            format!("`{stat}` is not a CloudWatch statistic"),
+            Some(
+                "use Average, Sum, Maximum, Minimum, SampleCount, or a percentile such as p99"
+                    .into(),
+            ),
+        ));
+    }
+    let fail_above = match m.fail_when.as_ref().map(|f| (f, f.get_ref().as_str())) {
+        None | Some((_, "above")) => true,
+        Some((_, "below")) => false,
+        Some((f, other)) => {
+            return Err(at.error(
+                f.span(),
+                format!("fail_when = `{other}`"),
+                Some("use \"above\" or \"below\"".into()),
+            ))
+        }
+    };
+    let missing_fails = match m.missing.as_ref().map(|f| (f, f.get_ref().as_str())) {
+        None | Some((_, "fail")) => true,
+        Some((_, "pass")) => false,
+        Some((f, other)) => {
+            return Err(at.error(
+                f.span(),
+                format!("missing = `{other}`"),
+                Some("use \"fail\" (no data fails the gate) or \"pass\"".into()),
+            ))
+        }
+    };
+    Ok(MetricGate {
+        name: m.name.clone(),
+        namespace: m.namespace.clone(),
+        metric: m.metric.clone(),
+        dimensions: m
+            .dimensions
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        stat,
+        period: m
+            .period
+            .as_ref()
+            .map(duration)
+            .transpose()?
+            .unwrap_or(Duration::from_secs(60)),
+        threshold: m.threshold,
+        fail_above,
+        breaching: m.breaching.unwrap_or(1).max(1),
+        missing_fails,
+    })
 }
 
 fn resolve_bake(
@@ -530,11 +768,19 @@ fn resolve_bake(
         }
         None => base_logs,
     };
+    let metrics = match &file.metrics {
+        Some(list) => list
+            .iter()
+            .map(|m| resolve_metric(m, duration, resolver.locator))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => defaults.map(|d| d.metrics.clone()).unwrap_or_default(),
+    };
     let duration = match &file.duration {
         Some(d) => duration(d)?,
         None => defaults.map_or(Duration::from_secs(300), |d| d.duration),
     };
     Ok(Bake {
+        metrics,
         duration,
         health,
         logs,

@@ -20,6 +20,55 @@ pub(super) struct File {
     pub rack: Vec<RackFile>,
     #[serde(default)]
     pub wave: Vec<WaveFile>,
+    pub dns: Option<DnsFile>,
+    pub models: Option<ModelsFile>,
+    #[serde(default)]
+    pub events: EventsFile,
+}
+
+/// `[dns]`: the public name served by a latency set with one record per rack.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DnsFile {
+    pub zone: String,
+    pub name: Spanned<String>,
+    pub ttl: Option<Spanned<u32>>,
+    /// Regions that must stay in rotation and healthy; a drain that would go below is refused.
+    pub min_in_rotation: Option<usize>,
+    pub health_check: Option<DnsHealthFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DnsHealthFile {
+    pub path: Option<String>,
+    pub port: Option<u16>,
+    pub https: Option<bool>,
+    pub failure_threshold: Option<Spanned<u8>>,
+    pub request_interval: Option<Spanned<u8>>,
+}
+
+/// `[models]`: where model artifacts live and how they replicate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ModelsFile {
+    /// The primary bucket, where `models push` uploads.
+    pub bucket: String,
+    pub region: String,
+    /// Key prefix of model objects.
+    pub prefix: Option<String>,
+    /// The model the app runs: its name under the prefix.
+    pub name: String,
+    pub replication_role: Option<String>,
+    pub part_size_mib: Option<u64>,
+    pub parallelism: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EventsFile {
+    /// Publish rollout events as CloudWatch metrics (namespace AcmeRollout).
+    pub cloudwatch: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -43,6 +92,10 @@ pub(super) struct ConvoxFile {
 #[serde(deny_unknown_fields)]
 pub(super) struct StateFile {
     pub dir: Option<String>,
+    /// Keep the journal and the lock in S3 instead of `dir`.
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -59,6 +112,29 @@ pub struct BakeFile {
     pub health: Option<HealthGateFile>,
     pub logs: Option<LogGateFile>,
     pub golden: Option<GoldenGateFile>,
+    pub metrics: Option<Vec<MetricGateFile>>,
+}
+
+/// One CloudWatch query checked during the bake.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricGateFile {
+    pub name: String,
+    pub namespace: String,
+    pub metric: String,
+    /// Values may use `{rack}` and `{region}`.
+    #[serde(default)]
+    pub dimensions: std::collections::BTreeMap<String, String>,
+    /// Average, Sum, Maximum, Minimum, SampleCount, or a percentile such as p99.
+    pub stat: Spanned<String>,
+    pub period: Option<Spanned<String>>,
+    pub threshold: f64,
+    /// `above` (default: fail when a point is above the threshold) or `below`.
+    pub fail_when: Option<Spanned<String>>,
+    /// Breaching points that fail the gate (default 1).
+    pub breaching: Option<u32>,
+    /// With no data at all: `fail` (default) or `pass`.
+    pub missing: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -100,6 +176,13 @@ pub(super) struct RackFile {
     #[serde(default)]
     pub aliases: Vec<Spanned<String>>,
     pub bake: Option<BakeFile>,
+    /// The regional model bucket (required with `[models]`).
+    pub bucket: Option<String>,
+    /// Public host name of the rack's service, the CNAME target of its latency record
+    /// (default: the domain `convox services` reports).
+    pub domain: Option<String>,
+    /// Most processes the service may scale to (default: `convox scale` MAX), for drain headroom.
+    pub max_scale: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -134,6 +134,14 @@ pub struct Process {
     pub release: String,
 }
 
+/// `convox scale` for one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scale {
+    pub desired: u32,
+    pub running: u32,
+    pub max: Option<u32>,
+}
+
 /// The driver. Cheap to clone; every method blocks (run it on a blocking thread).
 #[derive(Debug, Clone)]
 pub struct Convox {
@@ -383,6 +391,58 @@ impl Convox {
                 release: r.get("RELEASE").to_string(),
             })
             .collect())
+    }
+
+    pub fn scale(&self, rack: &str, service: &str) -> Result<Scale, ConvoxError> {
+        let out = self.read(rack, &["scale", service])?;
+        let rows =
+            parse_table(&out.stdout, &["SERVICE", "DESIRED", "RUNNING"]).map_err(|source| {
+                ConvoxError::Parse {
+                    argv: "convox scale".into(),
+                    source,
+                }
+            })?;
+        let row = rows
+            .into_iter()
+            .find(|r| r.get("SERVICE") == service)
+            .ok_or_else(|| ConvoxError::Parse {
+                argv: "convox scale".into(),
+                source: ParseError(format!("no row for service {service}")),
+            })?;
+        let num = |c: &str| row.get(c).parse::<u32>().ok();
+        Ok(Scale {
+            desired: num("DESIRED").unwrap_or(0),
+            running: num("RUNNING").unwrap_or(0),
+            max: num("MAX"),
+        })
+    }
+
+    pub fn set_count(&self, rack: &str, service: &str, count: u32) -> Result<(), ConvoxError> {
+        let count = count.to_string();
+        self.run(
+            rack,
+            &["scale", service, "--count", &count],
+            self.deploy_timeout,
+        )?;
+        Ok(())
+    }
+
+    /// Sets env on top of `base` as a new release (not promoted); returns its id.
+    pub fn env_set(
+        &self,
+        rack: &str,
+        base: &str,
+        pairs: &[(String, String)],
+    ) -> Result<String, ConvoxError> {
+        let pairs: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut args: Vec<&str> = vec!["env", "set"];
+        args.extend(pairs.iter().map(String::as_str));
+        args.extend(["--release", base, "--id"]);
+        let out = self.run(rack, &args, self.call_timeout)?;
+        parse_id(&out.stdout).map_err(|source| ConvoxError::Parse {
+            argv: "convox env set --id".into(),
+            source,
+        })
     }
 
     /// Service log lines (not rack events) since `since` that match `filter`.

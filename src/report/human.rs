@@ -54,6 +54,20 @@ impl HumanReporter {
         )
     }
 
+    pub fn bytes_bar(&self, total: u64, label: &str) -> Option<ProgressBar> {
+        let live = self.live.as_ref()?;
+        let bar = live.add(ProgressBar::new(total));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}, eta {eta}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(label.to_string());
+        Some(bar)
+    }
+
     pub fn summary(&self, summary: &Summary) {
         for bar in self.bars.lock().unwrap_or_else(|e| e.into_inner()).values() {
             bar.finish_and_clear();

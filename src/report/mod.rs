@@ -61,6 +61,14 @@ impl Printer {
         }
     }
 
+    /// A bytes progress bar on a terminal (human output only); `None` elsewhere.
+    pub fn bytes_bar(&self, total: u64, label: &str) -> Option<indicatif::ProgressBar> {
+        match self {
+            Printer::Human(h) => h.bytes_bar(total, label),
+            Printer::Json(_) => None,
+        }
+    }
+
     pub fn is_json(&self) -> bool {
         matches!(self, Printer::Json(_))
     }

@@ -3,7 +3,7 @@
 //! moves on, updates the in-memory [`RunState`] with the same replay code `--resume` uses,
 //! and tells the reporter.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,9 +30,17 @@ pub struct Ctx {
     pub reporter: Arc<dyn Reporter>,
     pub http: reqwest::Client,
     pub owner: String,
+    /// The AWS session, made on first use (commands that never touch AWS never load it).
+    pub aws: Arc<tokio::sync::OnceCell<acme_aws::Aws>>,
+    /// Where the journal and the lock live.
+    pub store: super::store::Store,
 }
 
 impl Ctx {
+    pub async fn aws(&self) -> &acme_aws::Aws {
+        self.aws.get_or_init(acme_aws::Aws::from_env).await
+    }
+
     /// Runs a blocking `convox` call off the async threads.
     pub async fn convox<T, F>(&self, f: F) -> Result<T, ConvoxError>
     where
@@ -45,7 +53,7 @@ impl Ctx {
             .expect("convox call thread panicked")
     }
 
-    fn rack(&self, name: &str) -> &Rack {
+    pub fn rack(&self, name: &str) -> &Rack {
         self.cfg
             .racks
             .iter()
@@ -65,6 +73,8 @@ pub struct DeployOptions {
     pub rollback_promoted: bool,
     /// Promote this existing release of the first rack (and its build) instead of building.
     pub release: Option<String>,
+    /// Environment each rack's release must carry (the model pin), set after shipping.
+    pub pins: crate::models::Pins,
 }
 
 /// A run in progress.
@@ -84,7 +94,52 @@ impl Live {
                 .apply(&event);
         }
         self.ctx.reporter.event(&event);
+        if self.ctx.cfg.events_cloudwatch {
+            self.publish(&event);
+        }
         Ok(())
+    }
+
+    /// Rollout events as CloudWatch metrics (per rack, in its region) for dashboards to overlay.
+    /// Best effort: a failed put is reported, never fails the run.
+    fn publish(&self, event: &Event) {
+        let state = self.snapshot();
+        let points: Vec<(String, &'static str)> = match event {
+            Event::RunStarted { .. } => state
+                .rack_order()
+                .into_iter()
+                .map(|r| (r, "deploy_started"))
+                .collect(),
+            Event::Promoted { rack, .. } => vec![(rack.clone(), "promoted")],
+            Event::PromoteFailed { rack, .. } | Event::GateFailed { rack, .. } => {
+                vec![(rack.clone(), "gate_failed")]
+            }
+            Event::RolledBack { rack, .. } => vec![(rack.clone(), "rolled_back")],
+            Event::RunFinished { .. } => state
+                .rack_order()
+                .into_iter()
+                .map(|r| (r, "deploy_finished"))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (rack, name) in points {
+            let ctx = self.ctx.clone();
+            tokio::spawn(async move {
+                let region = ctx.rack(&rack).region.clone();
+                if let Err(e) = ctx
+                    .aws()
+                    .await
+                    .put_rollout_event(&region, name, &rack, 1.0)
+                    .await
+                {
+                    ctx.reporter.event(&Event::Note {
+                        message: format!(
+                            "could not publish the {name} event for {rack} to CloudWatch: {e}"
+                        ),
+                    });
+                }
+            });
+        }
     }
 
     fn snapshot(&self) -> RunState {
@@ -210,7 +265,7 @@ async fn begin(ctx: &Ctx, spec: RunSpec) -> Result<(Arc<Live>, Lock)> {
     }
     let starts = preflight(ctx, &racks).await?;
     let run = new_run_id();
-    let lock = match Lock::acquire(&ctx.cfg.state.dir, &ctx.owner, &run, LOCK_TTL)? {
+    let lock = match Lock::acquire(&ctx.store, &ctx.owner, &run, LOCK_TTL)? {
         Ok(lock) => lock,
         Err(held) => {
             return Err(Failure::new(Outcome::LockHeld, held.to_string())
@@ -218,7 +273,7 @@ async fn begin(ctx: &Ctx, spec: RunSpec) -> Result<(Arc<Live>, Lock)> {
                 .into())
         }
     };
-    let journal = Journal::create(&ctx.cfg.state.dir, &run)?;
+    let journal = Journal::create(&ctx.store, &run)?;
     let start = Event::RunStarted {
         run: run.clone(),
         owner: ctx.owner.clone(),
@@ -266,8 +321,52 @@ pub async fn deploy(ctx: &Ctx, opts: DeployOptions) -> Result<Summary> {
         }
     }
     let wave_names: Vec<String> = waves.iter().map(|(n, _)| n.clone()).collect();
-    let outcome = drive(&live, &wave_names, opts.bake).await;
+    let outcome = match ship(&live).await.and(pin(&live, &opts.pins).await) {
+        Ok(()) => drive(&live, &wave_names, opts.bake).await,
+        Err(f) => shipping_failed(&live, f),
+    };
     finish(&live, outcome, lock).await
+}
+
+fn shipping_failed(live: &Live, f: RackFailure) -> Outcome {
+    let _ = live.emit(Event::Note {
+        message: format!("shipping failed: {f}"),
+    });
+    match f {
+        RackFailure::TimedOut(_) => Outcome::TimedOut,
+        _ => Outcome::Error,
+    }
+}
+
+/// Sets each rack's pinned environment (model path and checksum) on its shipped release; the
+/// result is the release the rack will promote.
+async fn pin(live: &Arc<Live>, pins: &crate::models::Pins) -> Result<(), RackFailure> {
+    for (rack, env) in pins {
+        let state = live.snapshot();
+        let Some(run) = state.racks.get(rack) else {
+            continue;
+        };
+        let (Some(release), Some(build)) = (run.target_release.clone(), run.target_build.clone())
+        else {
+            continue;
+        };
+        let (r, rel, e) = (rack.clone(), release.clone(), env.clone());
+        let pinned = live
+            .ctx
+            .convox(move |c| c.env_set(&r, &rel, &e))
+            .await
+            .map_err(convox_failure)?;
+        emit_or_fail(
+            live,
+            Event::Shipped {
+                rack: rack.clone(),
+                build,
+                release: pinned,
+                digest: run.digest.clone(),
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// `acme-rollout build`: build once and ship the build into every rack, without promoting.
@@ -286,13 +385,7 @@ pub async fn build(ctx: &Ctx, only: &[String], reason: Option<String>) -> Result
     .await?;
     let outcome = match ship(&live).await {
         Ok(()) => Outcome::Done,
-        Err(RackFailure::TimedOut(_)) => Outcome::TimedOut,
-        Err(e) => {
-            live.emit(Event::Note {
-                message: format!("shipping failed: {e}"),
-            })?;
-            Outcome::Error
-        }
+        Err(f) => shipping_failed(&live, f),
     };
     finish(&live, outcome, lock).await
 }
@@ -304,7 +397,7 @@ async fn adopt_release(live: &Arc<Live>, release: &str) -> Result<(), RackFailur
     let state = live.snapshot();
     let order = state.rack_order();
     let first = order[0].clone();
-    let dir = &live.ctx.cfg.state.dir;
+    let dir = &live.ctx.store;
     let runs = journal::list_runs(dir).map_err(|e| RackFailure::Error(e.to_string()))?;
     for run in runs.into_iter().rev() {
         let Ok(records) = journal::read_run(dir, &run) else {
@@ -385,7 +478,10 @@ pub async fn resume(ctx: &Ctx, run: &str) -> Result<Summary> {
         .map(|i| format!("wave {i}"))
         .collect();
     let bake = state.bake_secs.map(Duration::from_secs);
-    let outcome = drive(&live, &wave_names, bake).await;
+    let outcome = match ship(&live).await {
+        Ok(()) => drive(&live, &wave_names, bake).await,
+        Err(f) => shipping_failed(&live, f),
+    };
     finish(&live, outcome, lock).await
 }
 
@@ -402,22 +498,25 @@ pub async fn rollback_run(ctx: &Ctx, run: &str) -> Result<Summary> {
 /// Opens an existing run for more steps: takes the lock for it and settles racks whose last
 /// promote has no recorded end by asking the rack what it runs.
 async fn reopen(ctx: &Ctx, run: &str) -> Result<(Arc<Live>, Lock)> {
-    let records = journal::read_run(&ctx.cfg.state.dir, run)?;
+    let records = journal::read_run(&ctx.store, run)?;
     let state = RunState::replay(&records).with_context(|| format!("journal of run {run}"))?;
     if let Some(outcome) = state.finished {
         return Err(Failure::new(
             Outcome::Refused,
-            format!("run {run} already finished ({outcome:?}); there is nothing to resume"),
+            format!(
+                "run {run} already finished ({}); there is nothing to resume",
+                outcome.name()
+            ),
         )
         .into());
     }
-    let lock = match Lock::acquire(&ctx.cfg.state.dir, &ctx.owner, run, LOCK_TTL)? {
+    let lock = match Lock::acquire(&ctx.store, &ctx.owner, run, LOCK_TTL)? {
         Ok(lock) => lock,
         Err(held) => return Err(Failure::new(Outcome::LockHeld, held.to_string()).into()),
     };
     let live = Arc::new(Live {
         ctx: ctx.clone(),
-        journal: Journal::create(&ctx.cfg.state.dir, run)?,
+        journal: Journal::create(&ctx.store, run)?,
         state: Mutex::new(state),
     });
     live.emit(Event::RunResumed {
@@ -456,17 +555,8 @@ async fn reopen(ctx: &Ctx, run: &str) -> Result<(Arc<Live>, Lock)> {
     Ok((live, lock))
 }
 
-/// Ship (if needed), then the waves in order; on failure, the rollback policy.
+/// The waves in order; on failure, the rollback policy.
 async fn drive(live: &Arc<Live>, wave_names: &[String], bake: Option<Duration>) -> Outcome {
-    if let Err(f) = ship(live).await {
-        let _ = live.emit(Event::Note {
-            message: format!("shipping failed: {f}"),
-        });
-        return match f {
-            RackFailure::TimedOut(_) => Outcome::TimedOut,
-            _ => Outcome::Error,
-        };
-    }
     let waves = live.snapshot().waves;
     for (w, racks) in waves.iter().enumerate() {
         let todo: Vec<String> = racks
@@ -707,6 +797,7 @@ async fn promote_and_bake(
         .clone()
         .ok_or_else(|| RackFailure::Error(format!("{rack}: nothing was shipped to it")))?;
     let promote_started = Instant::now();
+    let promoted_at = std::time::SystemTime::now();
     if matches!(run.phase, Phase::Shipped | Phase::Pending) {
         emit_or_fail(
             live,
@@ -804,17 +895,22 @@ async fn promote_and_bake(
     };
     let reporter = ctx.reporter.clone();
     let emit = move |e: Event| reporter.event(&e);
-    let verdict = gates::bake(
+    let aws = if bake.metrics.is_empty() {
+        None
+    } else {
+        Some(ctx.aws().await)
+    };
+    let target = gates::BakeTarget {
         rack,
-        &bake,
-        &domain,
-        &ctx.convox,
-        &ctx.http,
-        promote_started,
-        &emit,
-        stop,
-    )
-    .await;
+        region: &ctx.rack(rack).region,
+        domain: &domain,
+        convox: &ctx.convox,
+        http: &ctx.http,
+        aws,
+        since_promote: promote_started,
+        promoted_at,
+    };
+    let verdict = gates::bake(&target, &bake, &emit, stop).await;
     match verdict {
         BakeVerdict::Passed { samples } => {
             emit_or_fail(
@@ -962,7 +1058,7 @@ pub async fn summarize(ctx: &Ctx, state: &RunState, outcome: Outcome) -> Summary
     let error = match outcome {
         Outcome::Done => None,
         _ if !errors.is_empty() => Some(errors.join("\n")),
-        o => Some(format!("the run ended with {o:?}")),
+        o => Some(format!("the run ended: {}", o.name())),
     };
     Summary {
         run: Some(state.run.clone()),
@@ -984,9 +1080,9 @@ pub async fn summarize(ctx: &Ctx, state: &RunState, outcome: Outcome) -> Summary
 }
 
 /// The most recent run that touched `rack`, and its state.
-pub fn latest_run_for(state_dir: &Path, rack: &str) -> Result<Option<RunState>> {
-    for run in journal::list_runs(state_dir)?.into_iter().rev() {
-        let Ok(records) = journal::read_run(state_dir, &run) else {
+pub fn latest_run_for(store: &super::store::Store, rack: &str) -> Result<Option<RunState>> {
+    for run in journal::list_runs(store)?.into_iter().rev() {
+        let Ok(records) = journal::read_run(store, &run) else {
             continue;
         };
         if let Ok(state) = RunState::replay(&records) {
@@ -1050,10 +1146,11 @@ pub async fn rollback_racks(
 
 /// Marks the newest unfinished run as interrupted (Ctrl-C, SIGTERM) and summarises it.
 pub async fn interrupted(ctx: &Ctx) -> Result<Summary> {
-    let dir = &ctx.cfg.state.dir;
+    let dir = &ctx.store;
     for run in journal::list_runs(dir)?.into_iter().rev() {
-        let records = journal::read_run(dir, &run)?;
-        let state = RunState::replay(&records)?;
+        let Ok(state) = journal::read_run(dir, &run).and_then(|r| RunState::replay(&r)) else {
+            continue;
+        };
         if state.finished.is_none() {
             let j = Journal::create(dir, &run)?;
             let event = Event::Interrupted { run: run.clone() };

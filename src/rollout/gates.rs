@@ -1,13 +1,13 @@
 //! The bake: after a promote, watch the rack (HTTP health, service logs) for the configured
 //! time and decide whether the release may stay.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
 use super::event::Event;
 use crate::config::golden::GoldenGate;
-use crate::config::{Bake, HealthGate, LogGate};
+use crate::config::{Bake, HealthGate, LogGate, MetricGate};
 use crate::convox::Convox;
 
 /// How a bake ended.
@@ -67,19 +67,35 @@ async fn probe(http: &reqwest::Client, url: &str, timeout: Duration) -> (bool, S
     }
 }
 
-/// Runs the bake for one rack. `since_promote` is when the promote began: log lines from then
-/// on count against the log gate.
-#[allow(clippy::too_many_arguments)]
+/// What a bake watches.
+pub struct BakeTarget<'a> {
+    pub rack: &'a str,
+    pub region: &'a str,
+    /// The service's domain (for health and golden requests).
+    pub domain: &'a str,
+    pub convox: &'a Convox,
+    pub http: &'a reqwest::Client,
+    /// Present when the bake has metric gates.
+    pub aws: Option<&'a acme_aws::Aws>,
+    /// When the promote began: log lines and metric points from then on count.
+    pub since_promote: Instant,
+    pub promoted_at: SystemTime,
+}
+
+/// Runs the bake for one rack.
 pub async fn bake(
-    rack: &str,
+    target: &BakeTarget<'_>,
     bake: &Bake,
-    domain: &str,
-    convox: &Convox,
-    http: &reqwest::Client,
-    since_promote: Instant,
     emit: &(dyn Fn(Event) + Send + Sync),
     mut stop: watch::Receiver<bool>,
 ) -> BakeVerdict {
+    let (rack, domain, convox, http, since_promote) = (
+        target.rack,
+        target.domain,
+        target.convox,
+        target.http,
+        target.since_promote,
+    );
     let started = Instant::now();
     let total = bake.duration;
     let mut streak = 0u32;
@@ -108,6 +124,11 @@ pub async fn bake(
             }
             if let Some(golden) = &bake.golden {
                 if let Some(v) = check_golden(http, domain, golden).await {
+                    return v;
+                }
+            }
+            if !bake.metrics.is_empty() {
+                if let Some(v) = check_metrics(target, &bake.metrics).await {
                     return v;
                 }
             }
@@ -230,6 +251,88 @@ async fn check_logs(
             evidence: vec![format!("could not read the rack's logs: {e}")],
         }),
     }
+}
+
+/// Evaluates the CloudWatch gates over the bake window in the rack's region.
+async fn check_metrics(target: &BakeTarget<'_>, gates: &[MetricGate]) -> Option<BakeVerdict> {
+    let fail = |evidence: String| {
+        Some(BakeVerdict::Failed {
+            gate: "metrics".into(),
+            evidence: vec![evidence],
+        })
+    };
+    let Some(aws) = target.aws else {
+        return fail("metric gates are configured but AWS is not available".into());
+    };
+    for gate in gates {
+        let stat = match gate.stat.parse::<acme_aws::cloudwatch::Stat>() {
+            Ok(s) => s,
+            Err(e) => return fail(format!("{}: {e}", gate.name)),
+        };
+        let fill = |v: &str| {
+            v.replace("{rack}", target.rack)
+                .replace("{region}", target.region)
+        };
+        let query = acme_aws::cloudwatch::MetricQuery {
+            namespace: gate.namespace.clone(),
+            metric: gate.metric.clone(),
+            dimensions: gate
+                .dimensions
+                .iter()
+                .map(|(k, v)| (k.clone(), fill(v)))
+                .collect(),
+            stat,
+            period_secs: gate.period.as_secs().max(1) as u32,
+        };
+        let start = target.promoted_at - gate.period;
+        let end = SystemTime::now() + Duration::from_secs(1);
+        let series = match aws
+            .get_metric_data(target.region, std::slice::from_ref(&query), start, end)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => return fail(format!("{}: cannot read CloudWatch: {e}", gate.name)),
+        };
+        let values: Vec<f64> = series.into_iter().flat_map(|s| s.values).collect();
+        if values.is_empty() {
+            if gate.missing_fails {
+                return fail(format!(
+                    "{}: no data for {}/{} {} in {} since the promote (the gate requires data)",
+                    gate.name, gate.namespace, gate.metric, gate.stat, target.region
+                ));
+            }
+            continue;
+        }
+        let breaching: Vec<f64> = values
+            .iter()
+            .copied()
+            .filter(|v| {
+                if gate.fail_above {
+                    *v > gate.threshold
+                } else {
+                    *v < gate.threshold
+                }
+            })
+            .collect();
+        if breaching.len() as u32 >= gate.breaching {
+            return fail(format!(
+                "{}: {} of {} point(s) of {} {} {} the threshold {} (values: {})",
+                gate.name,
+                breaching.len(),
+                values.len(),
+                gate.metric,
+                gate.stat,
+                if gate.fail_above { "above" } else { "below" },
+                gate.threshold,
+                breaching
+                    .iter()
+                    .map(|v| format!("{v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    None
 }
 
 /// Sends every golden request `rounds` times: each answer must equal the expected one, and

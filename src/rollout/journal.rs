@@ -1,20 +1,21 @@
 //! The run journal: an append-only list of [`Event`]s per run, written before and after every
 //! step, and the replay that turns it back into where each rack stands.
 //!
-//! The local backend keeps `runs/<run>.jsonl` under the state directory; every record is
-//! flushed and fsynced before the step it describes goes on, so a `kill -9` loses nothing
-//! that happened.
+//! The local backend keeps `runs/<run>.jsonl` under the state directory, every record fsynced
+//! before the step it describes goes on, so a `kill -9` loses nothing that happened; the S3
+//! backend writes one object per record under `runs/<run>/`.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::event::{Event, RackStart, RunKind};
+use super::store::Store;
 use crate::outcome::Outcome;
 
 /// One journal line: the event plus when it happened (the file names the run).
@@ -32,25 +33,41 @@ pub fn now_rfc3339() -> String {
 /// An open journal for one run.
 pub struct Journal {
     run: String,
-    path: PathBuf,
-    file: Mutex<File>,
+    store: Store,
+    backend: Mutex<Backend>,
+}
+
+enum Backend {
+    /// `runs/<run>.jsonl`, appended and fsynced.
+    File { path: PathBuf, file: File },
+    /// `runs/<run>/<seq>.json`, one object per record (S3 has no append).
+    Objects { next: u64 },
 }
 
 impl Journal {
-    pub fn create(state_dir: &Path, run: &str) -> Result<Journal> {
-        let dir = state_dir.join("runs");
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create the journal directory {}", dir.display()))?;
-        let path = dir.join(format!("{run}.jsonl"));
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("cannot open the journal {}", path.display()))?;
+    pub fn create(store: &Store, run: &str) -> Result<Journal> {
+        let backend = match store {
+            Store::Local(dir) => {
+                let dir = dir.join("runs");
+                std::fs::create_dir_all(&dir).with_context(|| {
+                    format!("cannot create the journal directory {}", dir.display())
+                })?;
+                let path = dir.join(format!("{run}.jsonl"));
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("cannot open the journal {}", path.display()))?;
+                Backend::File { path, file }
+            }
+            Store::S3 { .. } => Backend::Objects {
+                next: store.list(&format!("runs/{run}/"))?.len() as u64,
+            },
+        };
         Ok(Journal {
             run: run.to_string(),
-            path,
-            file: Mutex::new(file),
+            store: store.clone(),
+            backend: Mutex::new(backend),
         })
     }
 
@@ -58,33 +75,61 @@ impl Journal {
         &self.run
     }
 
-    /// Appends an event and syncs it to disk before returning.
+    /// Appends an event; it is durable (fsynced, or stored in S3) when this returns.
     pub fn append(&self, event: &Event) -> Result<()> {
         let record = Record {
             ts: now_rfc3339(),
             event: event.clone(),
         };
         let mut line = serde_json::to_string(&record)?;
-        line.push('\n');
-        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        f.write_all(line.as_bytes())
-            .and_then(|_| f.sync_data())
-            .with_context(|| format!("cannot write the journal {}", self.path.display()))
+        let mut backend = self.backend.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *backend {
+            Backend::File { path, file } => {
+                line.push('\n');
+                file.write_all(line.as_bytes())
+                    .and_then(|_| file.sync_data())
+                    .with_context(|| format!("cannot write the journal {}", path.display()))
+            }
+            Backend::Objects { next } => loop {
+                let key = format!("runs/{}/{:08}.json", self.run, next);
+                *next += 1;
+                if self.store.create(&key, line.as_bytes())?.is_some() {
+                    return Ok(());
+                }
+            },
+        }
     }
 }
 
 /// Reads a run's records. A torn last line (the process died mid-write) is ignored.
-pub fn read_run(state_dir: &Path, run: &str) -> Result<Vec<Record>> {
-    let path = state_dir.join("runs").join(format!("{run}.jsonl"));
-    let file = File::open(&path).with_context(|| {
-        format!(
-            "no journal for run `{run}` at {} (list runs with `acme-rollout status`)",
-            path.display()
-        )
-    })?;
-    let lines: Vec<String> = BufReader::new(file)
-        .lines()
-        .collect::<std::io::Result<_>>()?;
+pub fn read_run(store: &Store, run: &str) -> Result<Vec<Record>> {
+    let lines: Vec<String> = match store {
+        Store::Local(dir) => {
+            let path = dir.join("runs").join(format!("{run}.jsonl"));
+            let file = File::open(&path).with_context(|| {
+                format!(
+                    "no journal for run `{run}` at {} (list runs with `acme-rollout status`)",
+                    path.display()
+                )
+            })?;
+            BufReader::new(file)
+                .lines()
+                .collect::<std::io::Result<_>>()?
+        }
+        Store::S3 { .. } => {
+            let keys = store.list(&format!("runs/{run}/"))?;
+            if keys.is_empty() {
+                bail!("no journal for run `{run}` in {}", store.describe());
+            }
+            let mut lines = Vec::new();
+            for key in keys {
+                if let Some((bytes, _)) = store.read(&key)? {
+                    lines.push(String::from_utf8_lossy(&bytes).into_owned());
+                }
+            }
+            lines
+        }
+    };
     let mut records = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
@@ -93,30 +138,27 @@ pub fn read_run(state_dir: &Path, run: &str) -> Result<Vec<Record>> {
         match serde_json::from_str::<Record>(line) {
             Ok(r) => records.push(r),
             Err(_) if i + 1 == lines.len() => break,
-            Err(e) => bail!(
-                "{}:{}: unreadable journal record: {e}",
-                path.display(),
-                i + 1
-            ),
+            Err(e) => bail!("journal of run {run}, record {}: unreadable: {e}", i + 1),
         }
     }
     Ok(records)
 }
 
-/// Run ids in the state directory, oldest first (ids sort by start time).
-pub fn list_runs(state_dir: &Path) -> Result<Vec<String>> {
-    let dir = state_dir.join("runs");
-    let mut runs = Vec::new();
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(runs);
-    };
-    for entry in entries {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if let Some(run) = name.strip_suffix(".jsonl") {
-            runs.push(run.to_string());
-        }
-    }
+/// Run ids in the store, oldest first (ids sort by start time).
+pub fn list_runs(store: &Store) -> Result<Vec<String>> {
+    let mut runs: Vec<String> = store
+        .list("runs/")?
+        .into_iter()
+        .filter_map(|k| {
+            let rest = k.strip_prefix("runs/")?;
+            Some(match rest.split_once('/') {
+                Some((run, _)) => run.to_string(),
+                None => rest.strip_suffix(".jsonl")?.to_string(),
+            })
+        })
+        .collect();
     runs.sort();
+    runs.dedup();
     Ok(runs)
 }
 
@@ -329,7 +371,8 @@ mod tests {
     #[test]
     fn replay_tracks_each_rack_and_survives_a_torn_last_line() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::create(dir.path(), "r1").unwrap();
+        let store = Store::Local(dir.path().to_path_buf());
+        let j = Journal::create(&store, "r1").unwrap();
         j.append(&start()).unwrap();
         for rack in ["us", "eu"] {
             j.append(&Event::Shipped {
@@ -352,18 +395,20 @@ mod tests {
             .unwrap()
             .write_all(b"{\"ts\":\"2026")
             .unwrap();
-        let state = RunState::replay(&read_run(dir.path(), "r1").unwrap()).unwrap();
+        let state = RunState::replay(&read_run(&store, "r1").unwrap()).unwrap();
         assert_eq!(state.racks["us"].phase, Phase::Promoting);
         assert_eq!(state.racks["eu"].phase, Phase::Shipped);
         assert_eq!(state.racks["eu"].target_release.as_deref(), Some("Reu1"));
         assert_eq!(state.rack_order(), vec!["us", "eu"]);
-        assert_eq!(list_runs(dir.path()).unwrap(), vec!["r1"]);
+        assert_eq!(list_runs(&store).unwrap(), vec!["r1"]);
     }
 
     #[test]
     fn a_missing_run_names_where_it_looked() {
         let dir = tempfile::tempdir().unwrap();
-        let e = read_run(dir.path(), "nope").unwrap_err().to_string();
+        let e = read_run(&Store::Local(dir.path().to_path_buf()), "nope")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no journal for run `nope`"), "{e}");
     }
 }

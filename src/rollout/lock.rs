@@ -1,14 +1,16 @@
 //! The deploy lock: at most one run changes the racks at a time.
 //!
-//! The local backend is a file created with `O_EXCL`; it records who holds it, for which run,
-//! and until when. A lock whose holder is gone (expired, or a dead process on this host) can
+//! The lock is one object in the state store (a file created with `O_EXCL`, or an S3 object
+//! written with `If-None-Match`); it records who holds it, for which run, and until when. A lock whose holder is gone (expired, or a dead process on this host) can
 //! be taken over; the run that holds it can always take it back (resume after a crash).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+
+use super::store::{Store, Token};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LockInfo {
@@ -45,25 +47,32 @@ pub struct LockHeld {
 }
 
 /// A held lock; released on drop.
-#[derive(Debug)]
 pub struct Lock {
-    path: PathBuf,
-    info: LockInfo,
+    store: Store,
+    pub(crate) info: LockInfo,
+    token: Token,
     released: bool,
 }
 
+impl std::fmt::Debug for Lock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lock")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+const KEY: &str = "lock.json";
+
 impl Lock {
-    /// Takes the lock for `run`, unless someone else holds a live one.
+    /// Takes the lock for `run`, unless someone else holds a live one. The write is conditional
+    /// (create-if-absent, replace-if-unchanged), so two takers never both win.
     pub fn acquire(
-        state_dir: &Path,
+        store: &Store,
         owner: &str,
         run: &str,
         ttl: Duration,
     ) -> Result<std::result::Result<Lock, LockHeld>> {
-        std::fs::create_dir_all(state_dir).with_context(|| {
-            format!("cannot create the state directory {}", state_dir.display())
-        })?;
-        let path = state_dir.join("lock.json");
         let info = LockInfo {
             owner: owner.to_string(),
             run: run.to_string(),
@@ -72,103 +81,87 @@ impl Lock {
             acquired: crate::rollout::journal::now_rfc3339(),
             expires_unix: unix_now() + ttl.as_secs(),
         };
-        for _ in 0..3 {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    use std::io::Write;
-                    f.write_all(serde_json::to_string_pretty(&info)?.as_bytes())
-                        .and_then(|_| f.sync_all())
-                        .with_context(|| format!("cannot write {}", path.display()))?;
+        let bytes = serde_json::to_vec_pretty(&info)?;
+        for _ in 0..5 {
+            if let Some(token) = store.create(KEY, &bytes)? {
+                return Ok(Ok(Lock {
+                    store: store.clone(),
+                    info,
+                    token,
+                    released: false,
+                }));
+            }
+            let Some((holder, token)) = read(store)? else {
+                continue; // released between our two calls
+            };
+            if holder.run == run || holder.is_stale() {
+                // Take it over only if nobody changed it since we read it.
+                if let Some(token) = store.replace(KEY, &bytes, &token)? {
                     return Ok(Ok(Lock {
-                        path,
+                        store: store.clone(),
                         info,
+                        token,
                         released: false,
                     }));
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let holder = match read(&path)? {
-                        Some(h) => h,
-                        None => continue, // released between our two calls
-                    };
-                    if holder.run == run || holder.is_stale() {
-                        // Remove only what we read: a racing taker that wrote a new lock wins.
-                        if read(&path)?.as_ref() == Some(&holder) {
-                            let _ = std::fs::remove_file(&path);
-                        }
-                        continue;
-                    }
-                    return Ok(Err(LockHeld { holder }));
-                }
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot create {}", path.display()))
-                }
+                continue;
             }
+            return Ok(Err(LockHeld { holder }));
         }
-        match read(&path)? {
-            Some(holder) => Ok(Err(LockHeld { holder })),
+        match read(store)? {
+            Some((holder, _)) => Ok(Err(LockHeld { holder })),
             None => anyhow::bail!(
-                "the lock {} keeps changing hands; try again",
-                path.display()
+                "the lock in {} keeps changing hands; try again",
+                store.describe()
             ),
         }
     }
 
     pub fn release(mut self) -> Result<()> {
         self.released = true;
-        remove_if_ours(&self.path, &self.info)
+        self.store.delete(KEY, Some(&self.token))
     }
 }
 
 impl Drop for Lock {
     fn drop(&mut self) {
         if !self.released {
-            let _ = remove_if_ours(&self.path, &self.info);
+            let _ = self.store.delete(KEY, Some(&self.token));
         }
     }
 }
 
-fn remove_if_ours(path: &Path, info: &LockInfo) -> Result<()> {
-    if read(path)?.as_ref() == Some(info) {
-        std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// The current holder, if any.
-pub fn read(path: &Path) -> Result<Option<LockInfo>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) if text.trim().is_empty() => Ok(None),
-        Ok(text) => serde_json::from_str(&text).map(Some).with_context(|| {
-            format!(
-                "{} is not a lock file; remove it if no rollout is running",
-                path.display()
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+/// The current holder and its version token, if any.
+fn read(store: &Store) -> Result<Option<(LockInfo, Token)>> {
+    match store.read(KEY)? {
+        None => Ok(None),
+        Some((bytes, _)) if bytes.iter().all(u8::is_ascii_whitespace) => Ok(None),
+        Some((bytes, token)) => serde_json::from_slice(&bytes)
+            .map(|info| Some((info, token)))
+            .with_context(|| {
+                format!(
+                    "{KEY} in {} is not a lock; remove it if no rollout is running",
+                    store.describe()
+                )
+            }),
     }
 }
 
-/// Holder of the lock in a state directory, whether live or stale.
-pub fn status(state_dir: &Path) -> Result<Option<(LockInfo, bool)>> {
-    Ok(read(&state_dir.join("lock.json"))?.map(|i| {
+/// Holder of the lock, whether live or stale.
+pub fn status(store: &Store) -> Result<Option<(LockInfo, bool)>> {
+    Ok(read(store)?.map(|(i, _)| {
         let stale = i.is_stale();
         (i, stale)
     }))
 }
 
 /// Removes the lock whoever holds it (`lock release --force`).
-pub fn force_release(state_dir: &Path) -> Result<Option<LockInfo>> {
-    let path = state_dir.join("lock.json");
-    let holder = read(&path)?;
-    if holder.is_some() {
-        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+pub fn force_release(store: &Store) -> Result<Option<LockInfo>> {
+    let holder = read(store)?;
+    if let Some((_, token)) = &holder {
+        store.delete(KEY, Some(token))?;
     }
-    Ok(holder)
+    Ok(holder.map(|(h, _)| h))
 }
 
 fn unix_now() -> u64 {
@@ -193,31 +186,33 @@ mod tests {
     #[test]
     fn second_taker_is_refused_and_the_same_run_may_retake() {
         let dir = tempfile::tempdir().unwrap();
+        let store = Store::Local(dir.path().to_path_buf());
         let ttl = Duration::from_secs(3600);
-        let a = Lock::acquire(dir.path(), "alice", "run-a", ttl)
+        let a = Lock::acquire(&store, "alice", "run-a", ttl)
             .unwrap()
             .unwrap();
-        let held = Lock::acquire(dir.path(), "bob", "run-b", ttl)
+        let held = Lock::acquire(&store, "bob", "run-b", ttl)
             .unwrap()
             .unwrap_err();
         assert_eq!(held.holder.owner, "alice");
         assert!(held.to_string().contains("run run-a"));
         std::mem::forget(a); // as if the process died holding it, but it is still alive (our pid)
-        let again = Lock::acquire(dir.path(), "alice", "run-a", ttl)
+        let again = Lock::acquire(&store, "alice", "run-a", ttl)
             .unwrap()
             .unwrap();
         again.release().unwrap();
-        assert!(status(dir.path()).unwrap().is_none());
+        assert!(status(&store).unwrap().is_none());
     }
 
     #[test]
     fn an_expired_lock_is_taken_over() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Lock::acquire(dir.path(), "alice", "run-a", Duration::ZERO)
+        let store = Store::Local(dir.path().to_path_buf());
+        let a = Lock::acquire(&store, "alice", "run-a", Duration::ZERO)
             .unwrap()
             .unwrap();
         std::mem::forget(a);
-        let b = Lock::acquire(dir.path(), "bob", "run-b", Duration::from_secs(60))
+        let b = Lock::acquire(&store, "bob", "run-b", Duration::from_secs(60))
             .unwrap()
             .unwrap();
         assert_eq!(b.info.owner, "bob");

@@ -7,6 +7,7 @@ pub mod event;
 pub mod gates;
 pub mod journal;
 pub mod lock;
+pub mod store;
 pub mod summary;
 
 pub use event::{Event, Reporter};

@@ -29,6 +29,17 @@ pub struct RackSummary {
 }
 
 impl Summary {
+    /// A command that finished what it was asked, with nothing per rack to report.
+    pub fn done() -> Summary {
+        Summary {
+            run: None,
+            outcome: Outcome::Done,
+            racks: Vec::new(),
+            error: None,
+            hint: None,
+        }
+    }
+
     pub fn failed(outcome: Outcome, error: impl Into<String>, hint: Option<String>) -> Summary {
         Summary {
             run: None,

@@ -35,6 +35,8 @@ pub struct World {
     pub dir: tempfile::TempDir,
     pub sim_home: PathBuf,
     pub racks_toml: PathBuf,
+    /// Extra environment for the CLI (e.g. the AWS emulator's endpoint and credentials).
+    pub env: Vec<(String, String)>,
 }
 
 impl Drop for World {
@@ -52,6 +54,7 @@ impl World {
             racks_toml: dir.path().join("racks.toml"),
             sim_home,
             dir,
+            env: Vec::new(),
         };
         let app = world.dir.path().join("app");
         std::fs::create_dir_all(&app).unwrap();
@@ -127,6 +130,9 @@ impl World {
             .arg(&self.racks_toml)
             .current_dir(self.dir.path())
             .stdin(Stdio::null());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
         cmd
     }
 
@@ -264,7 +270,7 @@ pub const MANIFEST: &str = "services:
     health:
       path: /health
     scale:
-      count: 1
+      count: 1-3
 ";
 
 pub const RACKS_TOML: &str = r#"

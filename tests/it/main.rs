@@ -3,6 +3,8 @@
 
 mod harness;
 
+mod aws;
+
 mod deploy;
 mod errors;
 mod recovery;
