@@ -245,6 +245,23 @@ pub async fn status(ctx: &Ctx, settings: &Settings) -> Result<Summary> {
         found[i] = Some(v);
     }
     let mut values: Vec<serde_json::Value> = found.into_iter().flatten().collect();
+    let dns = match &ctx.cfg.dns {
+        Some(_) => Some(
+            crate::drain::dns_states(ctx)
+                .await
+                .map_err(|e| format!("unknown ({e:#})")),
+        ),
+        None => None,
+    };
+    if let Some(dns) = &dns {
+        for v in &mut values {
+            let rack = v["rack"].as_str().unwrap_or_default().to_string();
+            v["dns"] = match dns {
+                Ok(states) => json!(states.get(&rack)),
+                Err(e) => json!(e),
+            };
+        }
+    }
     // Imported builds get new ids in each rack; the image digest says whether they are the same.
     let identity = |v: &serde_json::Value| {
         v["digest"]
@@ -273,7 +290,7 @@ pub async fn status(ctx: &Ctx, settings: &Settings) -> Result<Summary> {
             if v["drift"] == true {
                 build.push_str(" (drift)");
             }
-            vec![
+            let mut row = vec![
                 s("rack"),
                 s("region"),
                 s("release"),
@@ -282,8 +299,12 @@ pub async fn status(ctx: &Ctx, settings: &Settings) -> Result<Summary> {
                 v["processes"]
                     .as_u64()
                     .map_or("-".into(), |n| n.to_string()),
-                v["journal"]["summary"].as_str().unwrap_or("-").to_string(),
-            ]
+            ];
+            if dns.is_some() {
+                row.push(s("dns"));
+            }
+            row.push(v["journal"]["summary"].as_str().unwrap_or("-").to_string());
+            row
         })
         .collect();
     settings.printer.table(

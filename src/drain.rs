@@ -127,6 +127,38 @@ async fn region_states(ctx: &Ctx) -> Result<Vec<RegionState>> {
     Ok(out)
 }
 
+/// Each rack's place in the latency set: in rotation, drained, health check failing, or absent.
+pub async fn dns_states(ctx: &Ctx) -> Result<std::collections::BTreeMap<String, String>> {
+    let dns = dns_config(ctx)?;
+    let aws = ctx.aws().await;
+    let zone = aws.find_zone(&dns.zone).await?;
+    let records = aws.latency_records(&zone, &dns.name).await?;
+    let mut out = std::collections::BTreeMap::new();
+    for rack in &ctx.cfg.racks {
+        let check = records
+            .iter()
+            .find(|r| r.set_identifier == rack.name)
+            .and_then(|r| r.health_check_id.clone());
+        let state = match check {
+            None => "not in DNS".to_string(),
+            Some(id) => {
+                if aws.get_health_check(&id).await?.inverted {
+                    "drained".to_string()
+                } else {
+                    let status = aws.health_check_status(&id).await?;
+                    if status.unhealthy > status.healthy {
+                        "health check failing".to_string()
+                    } else {
+                        "in rotation".to_string()
+                    }
+                }
+            }
+        };
+        out.insert(rack.name.clone(), state);
+    }
+    Ok(out)
+}
+
 /// Records the drain state in the zone as a TXT record next to the public name, so the change
 /// has an id to wait on and other machines can see which regions are drained.
 async fn mark_in_zone(ctx: &Ctx, drained: &[String]) -> Result<Duration> {

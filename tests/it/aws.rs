@@ -156,6 +156,17 @@ fn drain_refuses_the_last_region_and_restore_puts_it_back() {
     assert_eq!(drained.code, 0, "{}", drained.debug());
     assert!(inverted(&aws, "apac-prod"));
     assert!(drained.stdout.contains("in sync"), "{}", drained.debug());
+    let status = w.run_json(&["status"]);
+    let dns_of = |rack: &str| {
+        status
+            .events
+            .iter()
+            .find(|e| e.event == "status.rack" && e.rack.as_deref() == Some(rack))
+            .map(|e| e.rest["dns"].as_str().unwrap_or_default().to_string())
+            .unwrap()
+    };
+    assert_eq!(dns_of("apac-prod"), "drained");
+    assert_eq!(dns_of("us-prod"), "in rotation");
 
     // A deploy while a region is drained is refused before any change.
     let before = w.actives();
@@ -525,4 +536,32 @@ fn s3_state_backend_one_deploy_at_a_time_and_locks_can_be_taken_over_or_broken()
     put_lock(&aws, "ci@runner-7", 1);
     let run = w.run_json(&["deploy", "--only", "us"]);
     assert_eq!(run.code, 0, "{}", run.debug());
+}
+
+#[test]
+fn a_missing_bucket_is_named_and_nothing_changes() {
+    let (w, _moto, _aws) =
+        aws_world(&MODELS.replace("bucket = \"models-use1\"", "bucket = \"no-such-bucket\""));
+    let before = w.actives();
+    let status = w.run_json(&["models", "status"]);
+    assert_eq!(status.code, 1, "{}", status.debug());
+    assert!(
+        status.summary().rest["error"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-bucket"),
+        "{}",
+        status.debug()
+    );
+    let deploy = w.run_json(&["deploy"]);
+    assert_ne!(deploy.code, 0, "{}", deploy.debug());
+    assert!(
+        deploy.summary().rest["error"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-bucket"),
+        "{}",
+        deploy.debug()
+    );
+    assert_eq!(w.actives(), before);
 }
