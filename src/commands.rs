@@ -307,20 +307,14 @@ pub async fn status(ctx: &Ctx, settings: &Settings) -> Result<Summary> {
             row
         })
         .collect();
-    settings.printer.table(
-        "status.rack",
-        &[
-            "RACK",
-            "REGION",
-            "RELEASE",
-            "BUILD",
-            "HEALTH",
-            "PROCESSES",
-            "JOURNAL",
-        ],
-        &rows,
-        &values,
-    );
+    let mut headers = vec!["RACK", "REGION", "RELEASE", "BUILD", "HEALTH", "PROCESSES"];
+    if dns.is_some() {
+        headers.push("DNS");
+    }
+    headers.push("JOURNAL");
+    settings
+        .printer
+        .table("status.rack", &headers, &rows, &values);
     let lock = lock::status(&ctx.store)?;
     if let Some((holder, stale)) = lock {
         ctx.reporter.event(&crate::rollout::Event::Note {
@@ -385,6 +379,8 @@ async fn rack_status(ctx: &Ctx, name: &str, health_path: &str) -> serde_json::Va
         .await
         .ok()
         .and_then(|s| s.into_iter().find(|s| s.name == service).map(|s| s.domain));
+    // The inference server's /health names the model it loaded; other services may not.
+    let mut model_sha256 = None;
     let health = match domain {
         Some(d) => {
             let url = service_url(&d, health_path);
@@ -395,7 +391,12 @@ async fn rack_status(ctx: &Ctx, name: &str, health_path: &str) -> serde_json::Va
                 .send()
                 .await
             {
-                Ok(r) if r.status().as_u16() == 200 => "healthy".to_string(),
+                Ok(r) if r.status().as_u16() == 200 => {
+                    if let Ok(body) = r.json::<serde_json::Value>().await {
+                        model_sha256 = body["sha256"].as_str().map(str::to_string);
+                    }
+                    "healthy".to_string()
+                }
                 Ok(r) => format!("unhealthy ({})", r.status().as_u16()),
                 Err(_) => "unreachable".to_string(),
             }
@@ -403,7 +404,8 @@ async fn rack_status(ctx: &Ctx, name: &str, health_path: &str) -> serde_json::Va
         None => "no domain".to_string(),
     };
     json!({"rack": name, "region": region, "release": info.release, "status": info.status,
-        "build": build, "digest": digest, "health": health, "processes": running, "journal": journal_state})
+        "build": build, "digest": digest, "health": health, "model_sha256": model_sha256,
+        "processes": running, "journal": journal_state})
 }
 
 fn journal_line(state: &RunState, rack: &str) -> String {

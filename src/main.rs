@@ -9,6 +9,7 @@ mod convox;
 mod dns;
 mod drain;
 mod env;
+mod manifest;
 mod models;
 mod outcome;
 mod report;

@@ -253,7 +253,8 @@ pub async fn replication_apply(ctx: &Ctx) -> Result<Summary> {
     Ok(Summary::done())
 }
 
-/// The model a deploy pins, per rack: `MODEL_PATH` in the rack's own bucket and `MODEL_SHA256`.
+/// The model a deploy pins, per rack: `MODEL_PATH` in the rack's own bucket (with the version
+/// that was verified), `MODEL_SHA256`, and `AWS_REGION`, the bucket's region.
 pub type Pins = BTreeMap<String, Vec<(String, String)>>;
 
 /// Refuses (exit 3, before any change) a rack whose regional bucket does not hold the model by
@@ -298,11 +299,18 @@ pub async fn replication_gate(ctx: &Ctx, racks: &[String]) -> Result<Pins> {
         );
         match aws.head_model(&b, &key).await? {
             Some(f) if f.sha256.as_deref() == Some(sha.as_str()) => {
+                // The version that was checked, not "whatever the key holds later": a rollback
+                // to this release then brings back this model even after newer pushes.
+                let path = match &f.version_id {
+                    Some(v) if v != "null" => format!("s3://{}/{key}?versionId={v}", b.name),
+                    _ => format!("s3://{}/{key}", b.name),
+                };
                 pins.insert(
                     name.clone(),
                     vec![
-                        ("MODEL_PATH".into(), format!("s3://{}/{key}", b.name)),
+                        ("MODEL_PATH".into(), path),
                         ("MODEL_SHA256".into(), sha.clone()),
+                        ("AWS_REGION".into(), rack.region.clone()),
                     ],
                 );
             }

@@ -185,6 +185,9 @@ fn describe(event: &Event) -> Option<String> {
             }
             s
         }
+        Event::GatePassed { rack, gate, detail } => {
+            format!("[{rack}] {gate} gate passed: {detail}")
+        }
         Event::BakePassed { rack, samples } => {
             format!("[{rack}] bake passed ({samples} health samples)")
         }

@@ -301,6 +301,9 @@ async fn begin(ctx: &Ctx, spec: RunSpec) -> Result<(Arc<Live>, Lock)> {
 /// `acme-rollout deploy`.
 pub async fn deploy(ctx: &Ctx, opts: DeployOptions) -> Result<Summary> {
     let waves = scoped_waves(&ctx.cfg, &opts.only);
+    if opts.release.is_none() {
+        check_manifest(ctx)?;
+    }
     let (live, lock) = begin(
         ctx,
         RunSpec {
@@ -328,6 +331,16 @@ pub async fn deploy(ctx: &Ctx, opts: DeployOptions) -> Result<Summary> {
     finish(&live, outcome, lock).await
 }
 
+/// A manifest that cannot be rendered refuses the run before anything changes.
+fn check_manifest(ctx: &Ctx) -> Result<()> {
+    crate::manifest::render(&ctx.cfg).map_err(|e| {
+        anyhow::Error::from(
+            Failure::new(Outcome::Refused, format!("{e:#}")).with_hint("nothing was changed"),
+        )
+    })?;
+    Ok(())
+}
+
 fn shipping_failed(live: &Live, f: RackFailure) -> Outcome {
     let _ = live.emit(Event::Note {
         message: format!("shipping failed: {f}"),
@@ -350,6 +363,14 @@ async fn pin(live: &Arc<Live>, pins: &crate::models::Pins) -> Result<(), RackFai
         else {
             continue;
         };
+        // Keys only: values of the app environment never reach the screen or the journal.
+        let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        let _ = live.emit(Event::Note {
+            message: format!(
+                "[{rack}] pinning its regional model ({}) on top of {release}",
+                keys.join(", ")
+            ),
+        });
         let (r, rel, e) = (rack.clone(), release.clone(), env.clone());
         let pinned = live
             .ctx
@@ -372,6 +393,7 @@ async fn pin(live: &Arc<Live>, pins: &crate::models::Pins) -> Result<(), RackFai
 /// `acme-rollout build`: build once and ship the build into every rack, without promoting.
 pub async fn build(ctx: &Ctx, only: &[String], reason: Option<String>) -> Result<Summary> {
     let waves = scoped_waves(&ctx.cfg, only);
+    check_manifest(ctx)?;
     let (live, lock) = begin(
         ctx,
         RunSpec {
@@ -756,12 +778,7 @@ pub fn stage_build_context(cfg: &Config) -> Result<StagedContext> {
             dir.display()
         ));
     }
-    let template = std::fs::read_to_string(&cfg.app.manifest).with_context(|| {
-        format!(
-            "cannot read the manifest template {} (racks.toml [app] manifest)",
-            cfg.app.manifest.display()
-        )
-    })?;
+    let template = crate::manifest::render(cfg)?;
     let manifest = dir.join(STAGED_MANIFEST);
     std::fs::write(&manifest, template)
         .with_context(|| format!("cannot write {}", manifest.display()))?;
@@ -893,8 +910,12 @@ async fn promote_and_bake(
     } else {
         String::new()
     };
-    let reporter = ctx.reporter.clone();
-    let emit = move |e: Event| reporter.event(&e);
+    // Progress goes to the screen only; what a gate measured is journaled too (best effort: a
+    // journal that cannot be written fails the run at the next step that must be recorded).
+    let journaled = live.clone();
+    let emit = move |e: Event| {
+        let _ = journaled.emit(e);
+    };
     let aws = if bake.metrics.is_empty() {
         None
     } else {

@@ -71,6 +71,13 @@ pub enum Event {
         gate: String,
         evidence: Vec<String>,
     },
+    /// One gate of a bake passed, with what it measured (golden answers, metric points).
+    #[serde(rename = "gate.passed")]
+    GatePassed {
+        rack: String,
+        gate: String,
+        detail: String,
+    },
     #[serde(rename = "bake.passed")]
     BakePassed { rack: String, samples: u32 },
     #[serde(rename = "rack.rolling_back")]
@@ -129,6 +136,7 @@ impl Event {
             | Event::BakeStarted { rack, .. }
             | Event::BakeProgress { rack, .. }
             | Event::GateFailed { rack, .. }
+            | Event::GatePassed { rack, .. }
             | Event::BakePassed { rack, .. }
             | Event::RollingBack { rack, .. }
             | Event::RolledBack { rack, .. }

@@ -123,8 +123,13 @@ pub async fn bake(
                 }
             }
             if let Some(golden) = &bake.golden {
-                if let Some(v) = check_golden(http, domain, golden).await {
-                    return v;
+                match check_golden(http, domain, golden).await {
+                    Ok(detail) => emit(Event::GatePassed {
+                        rack: rack.to_string(),
+                        gate: "golden".into(),
+                        detail,
+                    }),
+                    Err(v) => return v,
                 }
             }
             if !bake.metrics.is_empty() {
@@ -336,12 +341,12 @@ async fn check_metrics(target: &BakeTarget<'_>, gates: &[MetricGate]) -> Option<
 }
 
 /// Sends every golden request `rounds` times: each answer must equal the expected one, and
-/// each request's p95 latency must stay within its budget.
+/// each request's p95 latency must stay within its budget. Passing says what was measured.
 async fn check_golden(
     http: &reqwest::Client,
     domain: &str,
     gate: &GoldenGate,
-) -> Option<BakeVerdict> {
+) -> Result<String, BakeVerdict> {
     let mut latencies: Vec<Vec<Duration>> = vec![Vec::new(); gate.requests.len()];
     for _ in 0..gate.rounds {
         for (i, request) in gate.requests.iter().enumerate() {
@@ -353,46 +358,48 @@ async fn check_golden(
                 .timeout(gate.timeout)
                 .send()
                 .await;
-            let fail = |why: String| {
-                Some(BakeVerdict::Failed {
+            let fail = |why: Vec<String>| {
+                let mut evidence = vec![format!(
+                    "golden `{}` ({}): {}",
+                    request.name, request.endpoint, why[0]
+                )];
+                evidence.extend(why.into_iter().skip(1));
+                Err(BakeVerdict::Failed {
                     gate: "golden".into(),
-                    evidence: vec![format!(
-                        "golden `{}` ({}): {why}",
-                        request.name, request.endpoint
-                    )],
+                    evidence,
                 })
             };
             let response = match sent {
                 Ok(r) => r,
-                Err(e) => return fail(format!("no answer: {e}")),
+                Err(e) => return fail(vec![format!("no answer: {e}")]),
             };
             let status = response.status().as_u16();
             let body: serde_json::Value = match response.json().await {
                 Ok(b) => b,
-                Err(e) => return fail(format!("HTTP {status} with an unreadable body: {e}")),
+                Err(e) => return fail(vec![format!("HTTP {status} with an unreadable body: {e}")]),
             };
             latencies[i].push(started.elapsed());
             if status != 200 {
-                return fail(format!(
+                return fail(vec![format!(
                     "HTTP {status}: {}",
                     body["error"]["message"].as_str().unwrap_or("")
-                ));
+                )]);
             }
             match request.answer(&body) {
                 Some(got) if got == request.expect => {}
-                Some(got) => {
-                    return fail(format!("expected {:?}, got {:?}", request.expect, got));
-                }
-                None => return fail(format!("the response has no answer field: {body}")),
+                Some(got) => return fail(answer_diff(&request.expect, &got)),
+                None => return fail(vec![format!("the response has no answer field: {body}")]),
             }
         }
     }
+    let mut worst = Duration::ZERO;
     for (request, mut samples) in gate.requests.iter().zip(latencies) {
         samples.sort();
         let p95 = samples[(samples.len() * 95).div_ceil(100).saturating_sub(1)];
+        worst = worst.max(p95);
         let budget = request.budget_ms.map_or(gate.p95, Duration::from_millis);
         if p95 > budget {
-            return Some(BakeVerdict::Failed {
+            return Err(BakeVerdict::Failed {
                 gate: "golden".into(),
                 evidence: vec![format!(
                     "golden `{}`: p95 latency {} ms over {} rounds exceeds its budget of {} ms",
@@ -404,12 +411,47 @@ async fn check_golden(
             });
         }
     }
-    None
+    Ok(format!(
+        "{} request(s) x {} round(s) answered as expected; worst p95 {} ms",
+        gate.requests.len(),
+        gate.rounds,
+        worst.as_millis()
+    ))
+}
+
+/// A mismatch as an operator reads it: both answers, and where they part.
+fn answer_diff(expected: &str, got: &str) -> Vec<String> {
+    let same: usize = expected
+        .chars()
+        .zip(got.chars())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let tail = |s: &str| -> String { s.chars().skip(same).take(40).collect() };
+    vec![
+        "the answer differs from the golden one".to_string(),
+        format!("- expected: {expected:?}"),
+        format!("+ got:      {got:?}"),
+        format!(
+            "  first difference at character {same}: expected {:?}, got {:?}",
+            tail(expected),
+            tail(got)
+        ),
+    ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answer_diff_points_at_the_first_difference() {
+        let lines = answer_diff("disk full on db-1", "disk fine on db-1");
+        assert_eq!(lines[1], r#"- expected: "disk full on db-1""#);
+        assert!(
+            lines[3].contains(r#"character 6: expected "ull on db-1", got "ine on db-1""#),
+            "{lines:?}"
+        );
+    }
 
     #[test]
     fn urls_follow_the_domain_kind() {
@@ -463,14 +505,17 @@ mod tests {
     async fn golden_gate_passes_on_the_expected_label_and_shows_a_diff_otherwise() {
         let domain = serve(r#"{"object":"classification","label":"anomaly"}"#);
         let http = reqwest::Client::new();
-        assert_eq!(check_golden(&http, &domain, &gate("anomaly")).await, None);
+        let passed = check_golden(&http, &domain, &gate("anomaly"))
+            .await
+            .unwrap();
+        assert!(passed.contains("answered as expected"), "{passed}");
         match check_golden(&http, &domain, &gate("normal")).await {
-            Some(BakeVerdict::Failed { gate, evidence }) => {
+            Err(BakeVerdict::Failed { gate, evidence }) => {
                 assert_eq!(gate, "golden");
-                assert!(
-                    evidence[0].contains(r#"expected "normal", got "anomaly""#),
-                    "{evidence:?}"
-                );
+                let text = evidence.join("\n");
+                assert!(text.contains(r#"- expected: "normal""#), "{text}");
+                assert!(text.contains(r#"+ got:      "anomaly""#), "{text}");
+                assert!(text.contains("first difference at character 0"), "{text}");
             }
             other => panic!("{other:?}"),
         }

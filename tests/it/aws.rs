@@ -337,8 +337,8 @@ fn models_push_waits_for_every_region_and_a_bad_copy_blocks_that_rack() {
         let (release, _) = w.active(rack);
         let info = w.ok(&["releases", "info", &release, "-a", "inference", "-r", rack]);
         assert!(
-            info.contains(&format!("MODEL_PATH=s3://{bucket}/{key}")),
-            "{rack}: {info}"
+            info.contains(&format!("MODEL_PATH=s3://{bucket}/{key}?versionId=")),
+            "{rack} pins the verified version: {info}"
         );
         assert!(
             info.contains(&format!("MODEL_SHA256={sha}")),

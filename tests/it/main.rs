@@ -8,3 +8,4 @@ mod aws;
 mod deploy;
 mod errors;
 mod recovery;
+mod rehearsal;
