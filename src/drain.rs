@@ -5,12 +5,12 @@
 //! Drains ignore the deploy lock but are recorded, and a drained region blocks deploys.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Rack;
+use crate::config::{DrainCpu, Rack};
 use crate::dns::{dns_config, rack_domain};
 use crate::outcome::{Failure, Outcome};
 use crate::rollout::engine::Ctx;
@@ -83,6 +83,10 @@ struct RegionState {
     healthy: bool,
     running: u32,
     max: Option<u32>,
+    /// Mean per-process CPU percent over `[dns.cpu] window`, when configured and reported.
+    cpu: Option<f64>,
+    /// Why `cpu` is missing although `[dns.cpu]` is configured.
+    cpu_missing: Option<String>,
 }
 
 async fn region_states(ctx: &Ctx) -> Result<Vec<RegionState>> {
@@ -115,6 +119,14 @@ async fn region_states(ctx: &Ctx) -> Result<Vec<RegionState>> {
         };
         let (name, service) = (rack.name.clone(), ctx.cfg.app.service.clone());
         let scale = ctx.convox(move |c| c.scale(&name, &service)).await.ok();
+        let (cpu, cpu_missing) = match &dns.cpu {
+            None => (None, None),
+            Some(q) => match cpu_load(ctx, &aws, q, rack).await {
+                Ok(Some(v)) => (Some(v), None),
+                Ok(None) => (None, Some("no CPU data".to_string())),
+                Err(e) => (None, Some(format!("CloudWatch: {e}"))),
+            },
+        };
         out.push(RegionState {
             rack: rack.clone(),
             health_check,
@@ -122,9 +134,122 @@ async fn region_states(ctx: &Ctx) -> Result<Vec<RegionState>> {
             healthy,
             running: scale.as_ref().map_or(0, |s| s.running),
             max: rack.max_scale.or(scale.and_then(|s| s.max)),
+            cpu,
+            cpu_missing,
         });
     }
     Ok(out)
+}
+
+/// The mean of `[dns.cpu]`'s points over its window in the rack's region; `None` without data.
+async fn cpu_load(
+    ctx: &Ctx,
+    aws: &acme_aws::Aws,
+    q: &DrainCpu,
+    rack: &Rack,
+) -> Result<Option<f64>> {
+    let stat = q
+        .stat
+        .parse::<acme_aws::cloudwatch::Stat>()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let fill = |v: &str| {
+        v.replace("{rack}", &rack.name)
+            .replace("{region}", &rack.region)
+            .replace("{service}", &ctx.cfg.app.service)
+    };
+    let query = acme_aws::cloudwatch::MetricQuery {
+        namespace: q.namespace.clone(),
+        metric: q.metric.clone(),
+        dimensions: q
+            .dimensions
+            .iter()
+            .map(|(k, v)| (k.clone(), fill(v)))
+            .collect(),
+        stat,
+        period_secs: u32::try_from(q.period.as_secs().max(1)).unwrap_or(u32::MAX),
+    };
+    let end = SystemTime::now() + Duration::from_secs(1);
+    let series = aws
+        .get_metric_data(&rack.region, &[query], end - q.window, end)
+        .await?;
+    let values: Vec<f64> = series.into_iter().flat_map(|s| s.values).collect();
+    Ok((!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64))
+}
+
+/// Whether the regions left in rotation can take `me`'s traffic: `Err` says why not, with the
+/// numbers; `Ok` says what was counted. Without `[dns.cpu]` the unit is a process: the others'
+/// spare processes (scale maximum minus running) must cover `me`'s running ones. With it, the
+/// unit is a process at full CPU: `me` carries running × its CPU, and each other region can add
+/// up to max × target minus running × its CPU. A region without CPU data counts as running at
+/// the target, which is what its autoscaler aims for.
+fn headroom(
+    cpu: Option<&DrainCpu>,
+    me: &RegionState,
+    others: &[&RegionState],
+) -> Result<String, String> {
+    let Some(q) = cpu else {
+        let spare: u32 = others
+            .iter()
+            .map(|s| s.max.unwrap_or(s.running).saturating_sub(s.running))
+            .sum();
+        let detail = others
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {}/{}",
+                    s.rack.name,
+                    s.running,
+                    s.max.map_or("?".into(), |m| m.to_string())
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        return if spare < me.running {
+            Err(format!(
+                "{} runs {} process(es), but the regions left in rotation can add only {} (max scale minus running: {})",
+                me.rack.name, me.running, spare, detail
+            ))
+        } else {
+            Ok(format!(
+                "headroom: {} spare process(es) for {}'s {} ({detail})",
+                spare, me.rack.name, me.running
+            ))
+        };
+    };
+    let pct = |s: &RegionState| s.cpu.unwrap_or(q.target);
+    let describe = |s: &RegionState| match &s.cpu_missing {
+        None => format!("{:.0}% CPU", pct(s)),
+        Some(why) => format!("{why}, taken as {:.0}%", q.target),
+    };
+    let load = f64::from(me.running) * pct(me) / 100.0;
+    let mut spare = 0.0;
+    let mut detail = Vec::new();
+    for s in others {
+        let max = s.max.unwrap_or(s.running);
+        let room =
+            (f64::from(max) * q.target / 100.0 - f64::from(s.running) * pct(s) / 100.0).max(0.0);
+        spare += room;
+        detail.push(format!(
+            "{} {}/{} processes at {} can add {room:.2}",
+            s.rack.name,
+            s.running,
+            max,
+            describe(s)
+        ));
+    }
+    let what = format!(
+        "{} carries {load:.2} CPU-process(es) ({} at {}); at {:.0}% CPU the regions left can add {spare:.2} ({})",
+        me.rack.name,
+        me.running,
+        describe(me),
+        q.target,
+        detail.join("; ")
+    );
+    if spare + 1e-9 < load {
+        Err(what)
+    } else {
+        Ok(format!("headroom: {what}"))
+    }
 }
 
 /// Each rack's place in the latency set: in rotation, drained, health check failing, or absent.
@@ -248,22 +373,11 @@ pub async fn drain(ctx: &Ctx, reason: Option<String>, args: DrainArgs) -> Result
             dns.min_in_rotation
         ));
     }
-    let spare: u32 = others
-        .iter()
-        .map(|s| s.max.unwrap_or(s.running).saturating_sub(s.running))
-        .sum();
-    if me.in_rotation && spare < me.running {
-        refusals.push(format!(
-            "{} runs {} process(es), but the regions left in rotation can add only {} (max scale minus running: {})",
-            target.name,
-            me.running,
-            spare,
-            others
-                .iter()
-                .map(|s| format!("{} {}/{}", s.rack.name, s.running, s.max.map_or("?".into(), |m| m.to_string())))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+    if me.in_rotation {
+        match headroom(dns.cpu.as_ref(), me, &others) {
+            Ok(counted) => ctx.reporter.event(&Event::Note { message: counted }),
+            Err(short) => refusals.push(short),
+        }
     }
     if !refusals.is_empty() {
         if !args.force {
@@ -417,4 +531,86 @@ pub async fn restore(ctx: &Ctx, reason: Option<String>, region: &str) -> Result<
         ),
     });
     Ok(Summary::done())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn region(name: &str, running: u32, max: u32, cpu: Option<f64>) -> RegionState {
+        RegionState {
+            rack: Rack {
+                name: name.into(),
+                region: "r".into(),
+                aliases: Vec::new(),
+                bake: crate::config::Bake::default(),
+                bucket: None,
+                domain: None,
+                max_scale: Some(max),
+            },
+            health_check: Some("hc".into()),
+            in_rotation: true,
+            healthy: true,
+            running,
+            max: Some(max),
+            cpu,
+            cpu_missing: cpu.is_none().then(|| "no CPU data".to_string()),
+        }
+    }
+
+    fn cpu(target: f64) -> DrainCpu {
+        DrainCpu {
+            namespace: "ContainerInsights".into(),
+            metric: "pod_cpu_utilization".into(),
+            dimensions: Vec::new(),
+            stat: "Average".into(),
+            period: Duration::from_secs(60),
+            window: Duration::from_secs(600),
+            target,
+        }
+    }
+
+    #[test]
+    fn process_headroom_counts_spare_processes() {
+        let me = region("apac-prod", 2, 6, None);
+        let (us, eu) = (region("us-prod", 2, 3, None), region("eu-prod", 2, 3, None));
+        assert!(headroom(None, &me, &[&us, &eu]).is_ok());
+        let full = region("eu-prod", 3, 3, None);
+        let short = headroom(None, &me, &[&us, &full]).unwrap_err();
+        assert!(short.contains("can add only 1"), "{short}");
+    }
+
+    #[test]
+    fn cpu_headroom_refuses_when_busy_regions_cannot_absorb_the_load() {
+        // Spare processes exist (2 of 2+2), but both regions already run hot.
+        let me = region("apac-prod", 1, 3, Some(100.0));
+        let (us, eu) = (
+            region("us-prod", 1, 2, Some(95.0)),
+            region("eu-prod", 1, 2, Some(95.0)),
+        );
+        assert!(headroom(None, &me, &[&us, &eu]).is_ok());
+        let short = headroom(Some(&cpu(70.0)), &me, &[&us, &eu]).unwrap_err();
+        assert!(short.contains("carries 1.00"), "{short}");
+        assert!(short.contains("can add 0.90"), "{short}");
+        assert!(
+            short.contains("us-prod 1/2 processes at 95% CPU can add 0.45"),
+            "{short}"
+        );
+        // A higher target leaves room: 2 × 0.9 − 0.95 = 0.85 each.
+        let ok = headroom(Some(&cpu(90.0)), &me, &[&us, &eu]).unwrap();
+        assert!(ok.contains("can add 1.70"), "{ok}");
+    }
+
+    #[test]
+    fn a_region_without_cpu_data_counts_at_the_target() {
+        let me = region("apac-prod", 2, 3, None);
+        let us = region("us-prod", 2, 4, None);
+        // apac: 2 × 0.7 = 1.4; us: 4 × 0.7 − 2 × 0.7 = 1.4.
+        let ok = headroom(Some(&cpu(70.0)), &me, &[&us]).unwrap();
+        assert!(ok.contains("no CPU data, taken as 70%"), "{ok}");
+        assert!(
+            ok.contains("carries 1.40") && ok.contains("can add 1.40"),
+            "{ok}"
+        );
+    }
 }

@@ -152,6 +152,8 @@ mod tests {
 [app]
 name = "inference"
 service = "inference"
+source = "inference"
+manifest = "templates/convox.yml"
 [bake]
 duration = "1s"
 [bake.health]
@@ -166,7 +168,9 @@ racks = ["us-prod"]
 "#,
         );
         if models {
-            text.push_str("[models]\nbucket = \"b-use1\"\nregion = \"us-east-1\"\n");
+            text.push_str(
+                "[models]\nbucket = \"b-use1\"\nregion = \"us-east-1\"\nname = \"m.gguf\"\n",
+            );
         }
         Config::parse(Path::new("racks.toml"), &text).expect("test config parses")
     }

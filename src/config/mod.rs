@@ -40,6 +40,21 @@ pub struct Dns {
     pub health_https: bool,
     pub failure_threshold: u8,
     pub request_interval: u8,
+    pub cpu: Option<DrainCpu>,
+}
+
+/// `[dns.cpu]`: per-process CPU utilisation (percent) of each region's service in CloudWatch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrainCpu {
+    pub namespace: String,
+    pub metric: String,
+    /// Values may hold `{rack}`, `{region}`, `{service}`.
+    pub dimensions: Vec<(String, String)>,
+    pub stat: String,
+    pub period: Duration,
+    pub window: Duration,
+    /// Percent per process the remaining regions may reach after taking the drained share.
+    pub target: f64,
 }
 
 /// `[models]`: the primary model bucket and the model the app runs.
@@ -128,7 +143,7 @@ pub struct Wave {
 }
 
 /// How a rack is watched after its promote before the rollout moves on.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Bake {
     pub duration: Duration,
     pub health: Option<HealthGate>,
@@ -497,7 +512,11 @@ fn validate(file: schema::File, at: &Locator) -> Result<Config, ConfigError> {
         racks,
         waves,
         rollback_promoted: file.rollback.promoted.unwrap_or(true),
-        dns: file.dns.as_ref().map(|d| resolve_dns(d, at)).transpose()?,
+        dns: file
+            .dns
+            .as_ref()
+            .map(|d| resolve_dns(d, &duration, at))
+            .transpose()?,
         models: file.models.as_ref().map(|m| Models {
             bucket: m.bucket.clone(),
             region: m.region.clone(),
@@ -521,7 +540,11 @@ fn normalize_prefix(p: &str) -> String {
     }
 }
 
-fn resolve_dns(d: &schema::DnsFile, at: &Locator) -> Result<Dns, ConfigError> {
+fn resolve_dns(
+    d: &schema::DnsFile,
+    duration: ParseDuration,
+    at: &Locator,
+) -> Result<Dns, ConfigError> {
     let ttl =
         match &d.ttl {
             Some(t) if *t.get_ref() == 0 || *t.get_ref() > 60 => return Err(at.error(
@@ -580,7 +603,75 @@ fn resolve_dns(d: &schema::DnsFile, at: &Locator) -> Result<Dns, ConfigError> {
         health_https: https,
         failure_threshold,
         request_interval,
+        cpu: d
+            .cpu
+            .as_ref()
+            .map(|c| resolve_drain_cpu(c, duration, at))
+            .transpose()?,
     })
+}
+
+fn resolve_drain_cpu(
+    c: &schema::DrainCpuFile,
+    duration: ParseDuration,
+    at: &Locator,
+) -> Result<DrainCpu, ConfigError> {
+    let stat = match &c.stat {
+        Some(s) if !is_statistic(s.get_ref()) => {
+            return Err(at.error(
+                s.span(),
+                format!("`{}` is not a CloudWatch statistic", s.get_ref()),
+                Some("use Average (the usual), Maximum, or a percentile such as p90".into()),
+            ))
+        }
+        Some(s) => s.get_ref().clone(),
+        None => "Average".into(),
+    };
+    let target = match &c.target {
+        Some(t) if !(*t.get_ref() > 0.0 && *t.get_ref() <= 100.0) => {
+            return Err(at.error(
+                t.span(),
+                format!("target {} is not a percentage", t.get_ref()),
+                Some("use a CPU percentage above 0 and at most 100, e.g. 70".into()),
+            ))
+        }
+        Some(t) => *t.get_ref(),
+        None => 70.0,
+    };
+    let period = c
+        .period
+        .as_ref()
+        .map(duration)
+        .transpose()?
+        .unwrap_or(Duration::from_secs(60));
+    let window = c
+        .window
+        .as_ref()
+        .map(duration)
+        .transpose()?
+        .unwrap_or(Duration::from_secs(600));
+    Ok(DrainCpu {
+        namespace: c.namespace.clone(),
+        metric: c.metric.clone(),
+        dimensions: c
+            .dimensions
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        stat,
+        period,
+        window: window.max(period),
+        target,
+    })
+}
+
+/// A statistic CloudWatch's `GetMetricData` takes: a named one or a percentile `pNN`.
+fn is_statistic(stat: &str) -> bool {
+    let percentile = stat
+        .strip_prefix('p')
+        .and_then(|p| p.parse::<f64>().ok())
+        .is_some_and(|p| (0.0..=100.0).contains(&p));
+    percentile || ["Average", "Sum", "Maximum", "Minimum", "SampleCount"].contains(&stat)
 }
 
 /// A `bin` with a slash is a path relative to racks.toml; a bare name is looked up on PATH.
@@ -611,13 +702,7 @@ fn resolve_metric(
     at: &Locator,
 ) -> Result<MetricGate, ConfigError> {
     let stat = m.stat.get_ref().clone();
-    let percentile = stat
-        .strip_prefix('p')
-        .and_then(|p| p.parse::<f64>().ok())
-        .is_some_and(|p| (0.0..=100.0).contains(&p));
-    if !percentile
-        && !["Average", "Sum", "Maximum", "Minimum", "SampleCount"].contains(&stat.as_str())
-    {
+    if !is_statistic(&stat) {
         return Err(at.error(
             m.stat.span(),
             format!("`{stat}` is not a CloudWatch statistic"),

@@ -36,6 +36,27 @@ pub(super) struct DnsFile {
     /// Regions that must stay in rotation and healthy; a drain that would go below is refused.
     pub min_in_rotation: Option<usize>,
     pub health_check: Option<DnsHealthFile>,
+    /// CPU load from CloudWatch for the drain's headroom check.
+    pub cpu: Option<DrainCpuFile>,
+}
+
+/// `[dns.cpu]`: how busy each region's service is, for deciding whether the others can take a
+/// drained region's traffic.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DrainCpuFile {
+    pub namespace: String,
+    pub metric: String,
+    /// Values may use `{rack}`, `{region}` and `{service}`.
+    #[serde(default)]
+    pub dimensions: std::collections::BTreeMap<String, String>,
+    /// CloudWatch statistic of each point (default Average).
+    pub stat: Option<Spanned<String>>,
+    pub period: Option<Spanned<String>>,
+    /// How far back to average (default 10m).
+    pub window: Option<Spanned<String>>,
+    /// Percent CPU per process the remaining regions may run at after the drain (default 70).
+    pub target: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]

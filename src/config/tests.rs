@@ -151,3 +151,29 @@ fn missing_section_is_explained() {
     );
     assert!(hint.is_some());
 }
+
+#[test]
+fn drain_cpu_reads_its_defaults_and_refuses_a_bad_target() {
+    let cpu = "[dns.cpu]\nnamespace = \"ContainerInsights\"\nmetric = \"pod_cpu_utilization\"\ndimensions = { ClusterName = \"{rack}\" }\n";
+    let text = GOOD.replace("\n[models]", &format!("{cpu}\n[models]"));
+    let c = parse(&text).unwrap();
+    let got = c.dns.unwrap().cpu.unwrap();
+    assert_eq!(got.stat, "Average");
+    assert_eq!(got.target, 70.0);
+    assert_eq!(got.window, Duration::from_secs(600));
+    assert_eq!(
+        got.dimensions,
+        vec![("ClusterName".into(), "{rack}".into())]
+    );
+
+    let text = GOOD.replace("\n[models]", &format!("{cpu}target = 170\n\n[models]"));
+    let (line, _, message, hint) = error_of(&text);
+    let expected = text
+        .lines()
+        .position(|l| l.starts_with("target = 170"))
+        .unwrap()
+        + 1;
+    assert_eq!(line, expected);
+    assert!(message.contains("target 170"), "{message}");
+    assert!(hint.unwrap().contains("percentage"));
+}

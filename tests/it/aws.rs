@@ -200,6 +200,83 @@ fn drain_refuses_the_last_region_and_restore_puts_it_back() {
     assert_eq!(deploy.code, 0, "{}", deploy.debug());
 }
 
+/// `[dns.cpu]` reads each region's CPU from CloudWatch: spare processes are not enough when the
+/// regions left already run hot; a higher target lets the same drain through.
+#[test]
+fn drain_counts_cpu_headroom_from_cloudwatch() {
+    let ns = acme_aws::testing::unique_name("Acme");
+    let cpu = |target: u32| {
+        format!(
+            "[dns.cpu]\nnamespace = \"{ns}\"\nmetric = \"CPUUtilization\"\ndimensions = {{ Rack = \"{{rack}}\", Service = \"{{service}}\" }}\nwindow = \"5m\"\ntarget = {target}\n"
+        )
+    };
+    let (w, _moto, aws) = aws_world(&cpu(70));
+    let racks = std::fs::read_to_string(&w.racks_toml).unwrap();
+    // us-prod and eu-prod may grow to 2 processes: one spare each, so counting processes alone
+    // would let apac-prod (1 process) go.
+    let racks = racks
+        .replace(
+            "bucket = \"models-use1\"\n",
+            "bucket = \"models-use1\"\nmax_scale = 2\n",
+        )
+        .replace(
+            "bucket = \"models-euw1\"\n",
+            "bucket = \"models-euw1\"\nmax_scale = 2\n",
+        );
+    w.write_racks(&racks);
+    rt().block_on(async {
+        let now = std::time::SystemTime::now();
+        for (rack, region, busy) in [
+            ("us-prod", "us-east-1", 95.0),
+            ("eu-prod", "eu-west-1", 95.0),
+            ("apac-prod", "ap-southeast-1", 100.0),
+        ] {
+            aws.put_datapoints(
+                region,
+                &ns,
+                "CPUUtilization",
+                &[
+                    ("Rack".into(), rack.into()),
+                    ("Service".into(), "inference".into()),
+                ],
+                &[
+                    (now - std::time::Duration::from_secs(60), busy),
+                    (now, busy),
+                ],
+            )
+            .await
+            .unwrap();
+        }
+    });
+    assert_eq!(w.run_json(&["dns", "apply"]).code, 0);
+
+    let refused = w.run_json(&["drain", "apac"]);
+    assert_eq!(refused.code, 6, "{}", refused.debug());
+    let error = refused.summary().rest["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("apac-prod carries 1.00") && error.contains("can add 0.90"),
+        "{error}"
+    );
+    assert!(
+        error.contains("us-prod 1/2 processes at 95% CPU"),
+        "{error}"
+    );
+    assert!(!inverted(&aws, "apac-prod"), "nothing changed");
+
+    w.write_racks(&racks.replace("target = 70", "target = 90"));
+    let drained = w.run_json(&["drain", "apac"]);
+    assert_eq!(drained.code, 0, "{}", drained.debug());
+    assert!(
+        drained.stdout.contains("can add 1.70"),
+        "{}",
+        drained.debug()
+    );
+    assert!(inverted(&aws, "apac-prod"));
+}
+
 #[test]
 fn drain_with_scale_to_zero_restores_the_saved_count() {
     let (w, _moto, _aws) = aws_world("");
