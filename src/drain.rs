@@ -121,7 +121,7 @@ async fn region_states(ctx: &Ctx) -> Result<Vec<RegionState>> {
         let scale = ctx.convox(move |c| c.scale(&name, &service)).await.ok();
         let (cpu, cpu_missing) = match &dns.cpu {
             None => (None, None),
-            Some(q) => match cpu_load(ctx, &aws, q, rack).await {
+            Some(q) => match cpu_load(ctx, aws, q, rack).await {
                 Ok(Some(v)) => (Some(v), None),
                 Ok(None) => (None, Some("no CPU data".to_string())),
                 Err(e) => (None, Some(format!("CloudWatch: {e}"))),

@@ -387,7 +387,7 @@ async fn check_golden(
             }
             match request.answer(&body) {
                 Some(got) if got == request.expect => {}
-                Some(got) => return fail(answer_diff(&request.expect, &got)),
+                Some(got) => return fail(answer_diff(&request.expect, got)),
                 None => return fail(vec![format!("the response has no answer field: {body}")]),
             }
         }

@@ -26,6 +26,8 @@ pub struct ServerSettings {
     pub queue_capacity: usize,
     /// Write one stdout line per request (the bench turns it off to keep its table readable).
     pub log_requests: bool,
+    /// Repack the output layer to int8 at load (`INFERENCE_INT8_OUTPUT`).
+    pub int8_output: bool,
 }
 
 impl Default for ServerSettings {
@@ -36,6 +38,7 @@ impl Default for ServerSettings {
             max_sequences: crate::config::DEFAULT_MAX_SEQUENCES,
             queue_capacity: crate::config::DEFAULT_QUEUE_CAPACITY,
             log_requests: true,
+            int8_output: false,
         }
     }
 }
@@ -48,6 +51,7 @@ impl From<&Config> for ServerSettings {
             max_sequences: config.max_sequences,
             queue_capacity: config.queue_capacity,
             log_requests: true,
+            int8_output: config.int8_output,
         }
     }
 }
@@ -58,6 +62,8 @@ pub struct ModelIdentity {
     pub model: String,
     pub architecture: String,
     pub weight_format: String,
+    /// `int8` when the output layer was repacked at load, else `as stored`.
+    pub output_layer: String,
     pub activation: String,
     pub sha256: String,
     pub context_length: usize,
@@ -152,7 +158,7 @@ impl AppState {
         let settings = &self.inner.settings;
         let options = LoadOptions {
             threads: settings.threads,
-            ..LoadOptions::default()
+            int8_output: settings.int8_output,
         };
         // Hashing reads the whole file once; it overlaps with parsing and repacking.
         let (sha256, model) = std::thread::scope(|scope| {
@@ -188,6 +194,11 @@ impl AppState {
             model: model.name().to_string(),
             architecture: model.architecture().to_string(),
             weight_format: model.weight_format().to_string(),
+            output_layer: if model.output_is_int8() {
+                "int8".into()
+            } else {
+                "as stored".into()
+            },
             activation: model.activation().to_string(),
             sha256,
             context_length: model.context_length(),

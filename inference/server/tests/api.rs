@@ -74,6 +74,7 @@ async fn health_is_503_loading_then_200_with_the_checksum_then_503_draining() {
     assert_eq!(health["architecture"], "bitnet-b1.58");
     assert_eq!(health["weight_format"], "I2_S");
     assert_eq!(health["activation"], "relu2");
+    assert_eq!(health["output_layer"], "as stored");
     assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
     assert!(health["model"].as_str().is_some_and(|m| !m.is_empty()));
 

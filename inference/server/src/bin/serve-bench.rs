@@ -3,7 +3,7 @@
 //! concurrent generations and the p50/p99 latency of a classify request with a 64-token
 //! input, and prints a table.
 //!
-//! `serve-bench [--model FILE | --size tiny|small|2b4t] [--tokens N] [--classify-runs N] [--threads N]`
+//! `serve-bench [--model FILE | --size tiny|small|2b4t] [--tokens N] [--classify-runs N] [--threads N] [--int8-output]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,7 +16,7 @@ use server::{app, classification_prompt, AppState, ServerSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const USAGE: &str = "usage: serve-bench [--model FILE | --size tiny|small|2b4t] [--tokens N] [--classify-runs N] [--threads N]";
+const USAGE: &str = "usage: serve-bench [--model FILE | --size tiny|small|2b4t] [--tokens N] [--classify-runs N] [--threads N] [--int8-output]";
 const CONCURRENCY: [usize; 3] = [1, 4, 16];
 
 struct Args {
@@ -25,6 +25,7 @@ struct Args {
     tokens: usize,
     classify_runs: usize,
     threads: usize,
+    int8_output: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -34,6 +35,7 @@ fn parse_args() -> Result<Args, String> {
         tokens: 64,
         classify_runs: 50,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        int8_output: false,
     };
     let mut iter = std::env::args().skip(1);
     while let Some(flag) = iter.next() {
@@ -53,6 +55,7 @@ fn parse_args() -> Result<Args, String> {
             "--tokens" => args.tokens = number(value()?)?,
             "--classify-runs" => args.classify_runs = number(value()?)?,
             "--threads" => args.threads = number(value()?)?,
+            "--int8-output" => args.int8_output = true,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -140,6 +143,7 @@ async fn run(args: Args) -> Result<(), String> {
         queue_capacity: 64,
         // The request log would drown the table; results come from the replies.
         log_requests: false,
+        int8_output: args.int8_output,
     });
     let loader = state.clone();
     let path = model_path.clone();

@@ -32,6 +32,7 @@ pub fn settings() -> ServerSettings {
         max_sequences: 4,
         queue_capacity: 64,
         log_requests: true,
+        int8_output: false,
     }
 }
 
