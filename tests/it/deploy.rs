@@ -274,3 +274,49 @@ fn plan_shows_every_rack_and_changes_nothing() {
     assert_eq!(dry.code, 0);
     assert_eq!(w.actives(), before);
 }
+
+#[test]
+fn a_rack_moved_to_another_release_by_hand_shows_as_drift() {
+    let w = World::new();
+    let before = w.actives();
+    assert_eq!(w.run_json(&["deploy"]).code, 0);
+    let status_rows = |w: &World| {
+        let run = w.run_json(&["status"]);
+        run.events
+            .into_iter()
+            .filter(|e| e.event == "status.rack")
+            .map(|e| (e.rack.clone().unwrap(), e.rest))
+            .collect::<Vec<_>>()
+    };
+    assert!(status_rows(&w).iter().all(|(_, r)| r["drift"] == false));
+
+    // Someone puts eu-prod back on its old release with the convox CLI, outside any run.
+    let (old_release, old_build) = &before[1];
+    w.ok(&[
+        "releases",
+        "rollback",
+        old_release,
+        "-a",
+        "inference",
+        "-r",
+        "eu-prod",
+    ]);
+    let rows = status_rows(&w);
+    let eu = &rows.iter().find(|(r, _)| r == "eu-prod").unwrap().1;
+    assert_eq!(eu["drift"], true, "{eu:?}");
+    assert_eq!(eu["build"], old_build.as_str(), "{eu:?}");
+    for (rack, row) in rows.iter().filter(|(r, _)| r != "eu-prod") {
+        assert_eq!(row["drift"], false, "{rack}: {row:?}");
+    }
+    let human = w.cli().args(["status"]).output().unwrap();
+    let table = format!(
+        "{}{}",
+        String::from_utf8_lossy(&human.stdout),
+        String::from_utf8_lossy(&human.stderr)
+    );
+    let eu_line = table
+        .lines()
+        .find(|l| l.contains("eu-prod"))
+        .unwrap_or_else(|| panic!("no eu-prod row: {table}"));
+    assert!(eu_line.contains("(drift)"), "{table}");
+}
