@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use bitnet::generate::{SyntheticModel, SyntheticShape};
-use bitnet::{LoadOptions, Model, Session, WeightFormat};
+use bitnet::{BatchToken, KvCache, LoadOptions, Model, Scratch, Session, WeightFormat};
 
 fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
     std::env::var(name)
@@ -54,12 +54,17 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// Peak resident set of this process (VmHWM) since the last reset, in MB.
-fn peak_rss_mb() -> Option<f64> {
+/// A `/proc/self/status` figure in MB (`VmHWM`: peak resident set since the last reset;
+/// `RssAnon`: private memory now, the part that the mapped model file does not account for).
+fn status_mb(key: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+fn peak_rss_mb() -> Option<f64> {
+    status_mb("VmHWM:")
 }
 
 fn argmax(logits: &[f32]) -> u32 {
@@ -91,6 +96,51 @@ fn model_path() -> PathBuf {
         std::fs::rename(&partial, &path).expect("rename the synthetic model");
     }
     path
+}
+
+/// Aggregate decode tokens/s when `batch` sequences advance together, one forward pass (one
+/// GEMM per projection) per step, as the server's continuous batching does; HTTP not included.
+fn batched_decode(model: &Model, batch: usize, steps: usize) -> f64 {
+    let prompt_len = 8;
+    let mut cache = KvCache::new(model, batch, prompt_len + steps + 1).expect("cache");
+    let mut scratch = Scratch::new();
+    let slots: Vec<_> = (0..batch)
+        .map(|_| cache.allocate().expect("slot"))
+        .collect();
+    let mut entries: Vec<BatchToken> = Vec::new();
+    for (i, &slot) in slots.iter().enumerate() {
+        entries.extend(
+            prompt(prompt_len)
+                .into_iter()
+                .enumerate()
+                .map(|(pos, token)| BatchToken {
+                    slot,
+                    token: token + i as u32,
+                    pos,
+                    logits: pos + 1 == prompt_len,
+                }),
+        );
+    }
+    let logits = model
+        .forward(&mut cache, &mut scratch, &entries)
+        .expect("prefill");
+    let vocab = model.vocab_size();
+    let mut next: Vec<u32> = logits.chunks_exact(vocab).map(argmax).collect();
+    let start = Instant::now();
+    for step in 0..steps {
+        entries.clear();
+        entries.extend(slots.iter().zip(&next).map(|(&slot, &token)| BatchToken {
+            slot,
+            token,
+            pos: prompt_len + step,
+            logits: true,
+        }));
+        let logits = model
+            .forward(&mut cache, &mut scratch, &entries)
+            .expect("decode");
+        next = logits.chunks_exact(vocab).map(argmax).collect();
+    }
+    (batch * steps) as f64 / start.elapsed().as_secs_f64()
 }
 
 /// What the int8 output layer costs in accuracy against the stored one: both models are fed the
@@ -175,7 +225,7 @@ fn main() {
     );
     println!();
     println!(
-        "{:<7} {:>7} {:>7} {:>9} {:>18} {:>8} {:>9} {:>7} {:>7} {:>8}",
+        "{:<7} {:>7} {:>7} {:>9} {:>18} {:>8} {:>9} {:>7} {:>7} {:>8} {:>8}",
         "output",
         "threads",
         "load s",
@@ -185,8 +235,10 @@ fn main() {
         "decode",
         "GB/s",
         "% roof",
-        "peak MB"
+        "peak MB",
+        "anon MB"
     );
+    let mut batch_lines = Vec::new();
     for int8_output in [false, true] {
         for &t in &threads {
             reset_peak_rss();
@@ -236,7 +288,7 @@ fn main() {
                 .collect::<Vec<_>>()
                 .join(" ");
             println!(
-                "{:<7} {:>7} {:>7.2} {:>9.1} {:>18} {:>8.2} {:>7.1}ms {:>7.1} {:>6.0}% {:>8.0}",
+                "{:<7} {:>7} {:>7.2} {:>9.1} {:>18} {:>8.2} {:>7.1}ms {:>7.1} {:>6.0}% {:>8.0} {:>8.0}",
                 if int8_output { "int8" } else { "f16" },
                 t,
                 load.as_secs_f64(),
@@ -246,8 +298,20 @@ fn main() {
                 per_token * 1e3,
                 gbs,
                 roof,
-                peak_rss_mb().unwrap_or(f64::NAN)
+                peak_rss_mb().unwrap_or(f64::NAN),
+                status_mb("RssAnon:").unwrap_or(f64::NAN)
             );
+            if t == threads.iter().copied().max().unwrap_or(1) {
+                let rates: Vec<String> = [1usize, 4, 16]
+                    .iter()
+                    .map(|&b| format!("{b}: {:.1}", batched_decode(&model, b, steps.min(16))))
+                    .collect();
+                batch_lines.push(format!(
+                    "batched decode, {} output layer, {t} thread(s), tokens/s by sequences in the batch: {}",
+                    if int8_output { "int8" } else { "f16" },
+                    rates.join(", ")
+                ));
+            }
             drop(model);
         }
     }
@@ -255,9 +319,12 @@ fn main() {
     println!(
         "prefill column: prompt tokens:tokens/s. decode: {steps} steps after an 8-token prompt."
     );
+    for line in &batch_lines {
+        println!("{line}");
+    }
     output_layer_accuracy(&path, threads.iter().copied().max().unwrap_or(1), 64);
     println!(
         "peak MB: the process's peak resident set from just before that load to the end of its runs \
-         (mapped model pages included; {rss_before:.0} MB before any load)"
+         (mapped model pages included; {rss_before:.0} MB before any load); anon MB: private memory after the runs (repacked weights, KV cache, scratch)"
     );
 }
