@@ -16,10 +16,12 @@ pub(crate) const TILE_ROWS: usize = 4;
 /// The tile is `tile.len() / 128` chunks, each 4 rows × 32 bytes of codes in internal order.
 pub(crate) type TernaryTileFn =
     fn(tile: &[u8], x: &[i8], x_stride: usize, tokens: usize, out: &mut [i32]);
-/// Σ w·x of one f16 row (raw bits) with each of `tokens` f32 activation rows, token t starting
-/// at `x[t * x_stride]`: `out[t]`. Float sums; the order may differ between ISAs.
-pub(crate) type F16RowsFn =
-    fn(w: &[u16], x: &[f32], x_stride: usize, tokens: usize, out: &mut [f32]);
+/// Σ w·x of `rows` consecutive f16 rows (raw bits, `w.len() / rows` values each) with each of
+/// `tokens` f32 activation rows, token t starting at `x[t * x_stride]`: `out[r * tokens + t]`.
+/// Several rows per call let a kernel use one activation load for several rows, which is what
+/// bounds the batched output layer. Float sums; the order may differ between ISAs.
+pub(crate) type F16BlockFn =
+    fn(w: &[u16], rows: usize, x: &[f32], x_stride: usize, tokens: usize, out: &mut [f32]);
 /// Σ w·x for f32 rows of equal length.
 pub(crate) type F32DotFn = fn(w: &[f32], x: &[f32]) -> f32;
 /// One int8 row (blocks of `Q8_BLOCK` values, the last possibly shorter, scales `w_scales`)
@@ -56,6 +58,30 @@ pub(crate) fn check_strided_rows(
     }
 }
 
+/// Checks the arguments of an [`F16BlockFn`] and returns the row length; SIMD kernels rely on it
+/// for memory safety.
+pub(crate) fn check_block_args(
+    w_len: usize,
+    rows: usize,
+    x_len: usize,
+    x_stride: usize,
+    tokens: usize,
+    out_len: usize,
+) -> usize {
+    assert!(
+        rows > 0 && w_len.is_multiple_of(rows),
+        "{w_len} weights are not {rows} whole rows"
+    );
+    assert!(
+        out_len >= rows * tokens,
+        "output holds {out_len} values, need {}",
+        rows * tokens
+    );
+    let cols = w_len / rows;
+    check_strided_rows(cols, x_len, x_stride, tokens, tokens);
+    cols
+}
+
 /// Checks the arguments of an output-layer row kernel; SIMD kernels rely on it for memory safety.
 pub(crate) fn check_rows_args(
     cols: usize,
@@ -86,7 +112,7 @@ pub(crate) fn check_rows_args(
 pub(crate) struct KernelTable {
     pub kernel: Kernel,
     pub ternary_tile: TernaryTileFn,
-    pub f16_rows: F16RowsFn,
+    pub f16_block: F16BlockFn,
     pub f32_dot: F32DotFn,
     pub q8_rows: Q8RowsFn,
 }
@@ -201,7 +227,7 @@ fn scalar_table() -> KernelTable {
     KernelTable {
         kernel: Kernel::Scalar,
         ternary_tile: crate::scalar::ternary_tile,
-        f16_rows: crate::scalar::f16_rows,
+        f16_block: crate::scalar::f16_block,
         f32_dot: crate::scalar::f32_dot,
         q8_rows: crate::scalar::q8_rows,
     }

@@ -15,6 +15,9 @@ use half::f16;
 /// Tokens handed to one row kernel call: the row is read from memory once per batch.
 const TOKEN_BATCH: usize = 16;
 
+/// F16 rows handed to one block kernel call, so one activation load can serve several rows.
+const F16_ROW_GROUP: usize = 4;
+
 /// Values per int8 block, each with its own scale; the last block of a row may be shorter.
 pub const Q8_BLOCK: usize = 256;
 
@@ -255,6 +258,30 @@ impl OutputMatrix {
             _ => None,
         };
         let out = SharedOut::new(out);
+        if let Storage::F16(w) = &self.storage {
+            let work = |row_range: std::ops::Range<usize>| {
+                let mut values = [0f32; F16_ROW_GROUP * TOKEN_BATCH];
+                let mut first_row = row_range.start;
+                while first_row < row_range.end {
+                    let group = F16_ROW_GROUP.min(row_range.end - first_row);
+                    let weights = &w[first_row * cols..(first_row + group) * cols];
+                    for first in (0..tokens).step_by(TOKEN_BATCH) {
+                        let count = TOKEN_BATCH.min(tokens - first);
+                        let values = &mut values[..group * count];
+                        let xs = first * cols..(first + count) * cols;
+                        (table.f16_block)(weights, group, &x[xs], cols, count, values);
+                        for (i, &value) in values.iter().enumerate() {
+                            let (r, t) = (first_row + i / count, first + i % count);
+                            // SAFETY: row r is in a range claimed by this call only.
+                            unsafe { out.write(t * rows + r, value) };
+                        }
+                    }
+                    first_row += group;
+                }
+            };
+            for_each_chunk(pool, rows, work);
+            return;
+        }
         let work = |row_range: std::ops::Range<usize>| {
             let mut values = [0f32; TOKEN_BATCH];
             for r in row_range {
@@ -264,9 +291,7 @@ impl OutputMatrix {
                     let values = &mut values[..count];
                     let xs = first * cols..(first + count) * cols;
                     match (&self.storage, &quantized) {
-                        (Storage::F16(w), _) => {
-                            (table.f16_rows)(&w[range.clone()], &x[xs], cols, count, values)
-                        }
+                        (Storage::F16(_), _) => unreachable!("F16 rows take the block path above"),
                         (Storage::F32(w), _) => {
                             for (t, value) in values.iter_mut().enumerate() {
                                 *value = (table.f32_dot)(

@@ -37,11 +37,22 @@ pub(crate) fn f16_dot(w: &[u16], x: &[f32]) -> f32 {
         .sum()
 }
 
-/// See [`crate::dispatch::F16RowsFn`].
-pub(crate) fn f16_rows(w: &[u16], x: &[f32], x_stride: usize, tokens: usize, out: &mut [f32]) {
-    crate::dispatch::check_strided_rows(w.len(), x.len(), x_stride, tokens, out.len());
-    for (t, out) in out[..tokens].iter_mut().enumerate() {
-        *out = f16_dot(w, &x[t * x_stride..t * x_stride + w.len()]);
+/// See [`crate::dispatch::F16BlockFn`].
+pub(crate) fn f16_block(
+    w: &[u16],
+    rows: usize,
+    x: &[f32],
+    x_stride: usize,
+    tokens: usize,
+    out: &mut [f32],
+) {
+    let cols =
+        crate::dispatch::check_block_args(w.len(), rows, x.len(), x_stride, tokens, out.len());
+    for (r, out) in out.chunks_exact_mut(tokens.max(1)).take(rows).enumerate() {
+        let row = &w[r * cols..(r + 1) * cols];
+        for (t, out) in out[..tokens].iter_mut().enumerate() {
+            *out = f16_dot(row, &x[t * x_stride..t * x_stride + cols]);
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 //! reset. (bitnet.cpp widens every 32 blocks, which can overflow for extreme inputs.)
 
 use crate::dispatch::{
-    check_rows_args, check_strided_rows, check_tile_args, KernelTable, TILE_ROWS,
+    check_block_args, check_rows_args, check_strided_rows, check_tile_args, KernelTable, TILE_ROWS,
 };
 use crate::format::{CHUNK, CHUNK_BYTES};
 use crate::output::Q8_BLOCK;
@@ -27,7 +27,7 @@ pub(crate) fn install(_scalar: KernelTable) -> Option<KernelTable> {
     has.then_some(KernelTable {
         kernel: crate::dispatch::Kernel::Avx2,
         ternary_tile,
-        f16_rows,
+        f16_block,
         f32_dot,
         q8_rows,
     })
@@ -265,6 +265,18 @@ fn hsum_f32(v: __m256) -> f32 {
     let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
     _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
+}
+
+/// Row by row: with 16 ymm registers, 4 tokens × 2 accumulators and the converted weights of
+/// one row already fill the file.
+fn f16_block(w: &[u16], rows: usize, x: &[f32], x_stride: usize, tokens: usize, out: &mut [f32]) {
+    let cols = check_block_args(w.len(), rows, x.len(), x_stride, tokens, out.len());
+    if tokens == 0 {
+        return;
+    }
+    for (r, out) in out.chunks_exact_mut(tokens).take(rows).enumerate() {
+        f16_rows(&w[r * cols..(r + 1) * cols], x, x_stride, tokens, out);
+    }
 }
 
 fn f16_rows(w: &[u16], x: &[f32], x_stride: usize, tokens: usize, out: &mut [f32]) {

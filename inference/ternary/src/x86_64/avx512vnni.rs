@@ -6,9 +6,7 @@
 //! the shift removed exactly through a second `vpdpbusd` of 128 × w. The f16 output layer converts
 //! 16 halves per instruction (AVX-512F); the f32 dot stays AVX2.
 
-use crate::dispatch::{
-    check_rows_args, check_strided_rows, check_tile_args, KernelTable, TILE_ROWS,
-};
+use crate::dispatch::{check_block_args, check_rows_args, check_tile_args, KernelTable, TILE_ROWS};
 use crate::format::CHUNK;
 use crate::output::Q8_BLOCK;
 use crate::scalar::{q8_block_lanes, Q8_LANES};
@@ -27,7 +25,7 @@ pub(crate) fn install(table: KernelTable) -> Option<KernelTable> {
         kernel: crate::dispatch::Kernel::Avx512Vnni,
         ternary_tile,
         q8_rows,
-        f16_rows,
+        f16_block,
         ..table
     })
 }
@@ -252,62 +250,156 @@ fn hsum_f32(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
 }
 
-fn f16_rows(w: &[u16], x: &[f32], x_stride: usize, tokens: usize, out: &mut [f32]) {
-    check_strided_rows(w.len(), x.len(), x_stride, tokens, out.len());
-    let cols = w.len();
-    let row = |t: usize| &x[t * x_stride..t * x_stride + cols];
-    let mut t = 0;
-    // SAFETY (all calls below): installed only after detecting AVX-512F; every activation row has
-    // exactly `cols` values (checked above).
-    while tokens - t >= 4 {
-        out[t..t + 4].copy_from_slice(&unsafe {
-            f16_rows_avx512::<4>(w, [row(t), row(t + 1), row(t + 2), row(t + 3)])
-        });
-        t += 4;
-    }
-    match tokens - t {
-        3 => out[t..t + 3]
-            .copy_from_slice(&unsafe { f16_rows_avx512::<3>(w, [row(t), row(t + 1), row(t + 2)]) }),
-        2 => {
-            out[t..t + 2].copy_from_slice(&unsafe { f16_rows_avx512::<2>(w, [row(t), row(t + 1)]) })
+/// Up to four rows × four tokens per pass: each activation load feeds four rows and each
+/// converted weight vector four tokens (16 accumulators, 21 of the 32 zmm registers).
+fn f16_block(w: &[u16], rows: usize, x: &[f32], x_stride: usize, tokens: usize, out: &mut [f32]) {
+    let cols = check_block_args(w.len(), rows, x.len(), x_stride, tokens, out.len());
+    let row = |r: usize| &w[r * cols..(r + 1) * cols];
+    if tokens == 1 {
+        // One token: nothing to share, so read the rows one after another (one stream for the
+        // prefetcher, as in memory) with four accumulators to cover the FMA latency.
+        for (r, out) in out[..rows].iter_mut().enumerate() {
+            // SAFETY: AVX-512F detected at install; row and activation have `cols` values.
+            *out = unsafe { f16_dot_avx512(row(r), &x[..cols]) };
         }
-        1 => out[t] = unsafe { f16_rows_avx512::<1>(w, [row(t)]) }[0],
-        _ => {}
+        return;
+    }
+    let mut r = 0;
+    while r < rows {
+        let n = (rows - r).min(4);
+        let out = &mut out[r * tokens..(r + n) * tokens];
+        // SAFETY (each arm): installed only after detecting AVX-512F; every row has `cols`
+        // values and every activation row `cols` values at its stride (checked above).
+        unsafe {
+            match n {
+                4 => f16_rows_avx512::<4>(
+                    [row(r), row(r + 1), row(r + 2), row(r + 3)],
+                    x,
+                    x_stride,
+                    tokens,
+                    out,
+                ),
+                3 => {
+                    f16_rows_avx512::<3>([row(r), row(r + 1), row(r + 2)], x, x_stride, tokens, out)
+                }
+                2 => f16_rows_avx512::<2>([row(r), row(r + 1)], x, x_stride, tokens, out),
+                _ => f16_rows_avx512::<1>([row(r)], x, x_stride, tokens, out),
+            }
+        }
+        r += n;
     }
 }
 
-/// One f16 row against `T` tokens: 32 weights are converted per step and used `T` times.
+/// One f16 row against one token, 64 columns per step.
 ///
 /// # Safety
-/// AVX-512F; every `x[t].len() == w.len()`.
+/// AVX-512F; `w.len() == x.len()`.
 #[target_feature(enable = "avx512f")]
-unsafe fn f16_rows_avx512<const T: usize>(w: &[u16], x: [&[f32]; T]) -> [f32; T] {
+unsafe fn f16_dot_avx512(w: &[u16], x: &[f32]) -> f32 {
     let n = w.len();
-    let mut acc = [[_mm512_setzero_ps(); 2]; T];
+    let mut acc = [_mm512_setzero_ps(); 4];
     let mut i = 0;
-    while i + 32 <= n {
-        // SAFETY: i + 32 <= n.
-        let (w0, w1) = unsafe {
-            (
-                _mm512_cvtph_ps(_mm256_loadu_si256(w.as_ptr().add(i) as *const __m256i)),
-                _mm512_cvtph_ps(_mm256_loadu_si256(w.as_ptr().add(i + 16) as *const __m256i)),
-            )
-        };
-        for (acc, x) in acc.iter_mut().zip(&x) {
-            // SAFETY: i + 32 <= n == x.len().
-            let (x0, x1) = unsafe {
+    while i + 64 <= n {
+        for (u, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 16u + 16 <= n for both slices.
+            let (wv, xv) = unsafe {
                 (
-                    _mm512_loadu_ps(x.as_ptr().add(i)),
-                    _mm512_loadu_ps(x.as_ptr().add(i + 16)),
+                    _mm512_cvtph_ps(_mm256_loadu_si256(
+                        w.as_ptr().add(i + 16 * u) as *const __m256i
+                    )),
+                    _mm512_loadu_ps(x.as_ptr().add(i + 16 * u)),
                 )
             };
-            acc[0] = _mm512_fmadd_ps(w0, x0, acc[0]);
-            acc[1] = _mm512_fmadd_ps(w1, x1, acc[1]);
+            *acc = _mm512_fmadd_ps(wv, xv, *acc);
         }
-        i += 32;
+        i += 64;
     }
-    std::array::from_fn(|t| {
-        _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]))
-            + crate::scalar::f16_dot(&w[i..], &x[t][i..])
-    })
+    _mm512_reduce_add_ps(_mm512_add_ps(
+        _mm512_add_ps(acc[0], acc[1]),
+        _mm512_add_ps(acc[2], acc[3]),
+    )) + crate::scalar::f16_dot(&w[i..], &x[i..])
+}
+
+/// `R` rows against every token, four tokens per pass; `out[r * tokens + t]`.
+///
+/// # Safety
+/// AVX-512F; every row has the same length `cols`, and token t's `cols` values start at
+/// `x[t * x_stride]` within `x`; `out` holds `R * tokens` values.
+#[target_feature(enable = "avx512f")]
+unsafe fn f16_rows_avx512<const R: usize>(
+    w: [&[u16]; R],
+    x: &[f32],
+    x_stride: usize,
+    tokens: usize,
+    out: &mut [f32],
+) {
+    let cols = w[0].len();
+    let act = |t: usize| &x[t * x_stride..t * x_stride + cols];
+    let mut t = 0;
+    while t < tokens {
+        let n = (tokens - t).min(4);
+        let mut put = |tile: &[f32], width: usize| {
+            for (r, values) in tile.chunks_exact(width).enumerate() {
+                out[r * tokens + t..r * tokens + t + width].copy_from_slice(values);
+            }
+        };
+        // SAFETY (each arm): the caller's contract; every `act(..)` has `cols` values.
+        unsafe {
+            match n {
+                4 => put(
+                    f16_tile_avx512::<R, 4>(w, [act(t), act(t + 1), act(t + 2), act(t + 3)])
+                        .as_flattened(),
+                    4,
+                ),
+                3 => put(
+                    f16_tile_avx512::<R, 3>(w, [act(t), act(t + 1), act(t + 2)]).as_flattened(),
+                    3,
+                ),
+                2 => put(
+                    f16_tile_avx512::<R, 2>(w, [act(t), act(t + 1)]).as_flattened(),
+                    2,
+                ),
+                _ => put(f16_tile_avx512::<R, 1>(w, [act(t)]).as_flattened(), 1),
+            }
+        }
+        t += n;
+    }
+}
+
+/// `R` f16 rows against `T` tokens, 16 columns per step: `[r][t]`.
+///
+/// # Safety
+/// AVX-512F; every `w[r]` and `x[t]` has the same length.
+#[target_feature(enable = "avx512f")]
+unsafe fn f16_tile_avx512<const R: usize, const T: usize>(
+    w: [&[u16]; R],
+    x: [&[f32]; T],
+) -> [[f32; T]; R] {
+    let n = w[0].len();
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let mut wv = [_mm512_setzero_ps(); R];
+    let mut i = 0;
+    while i + 16 <= n {
+        for (v, row) in wv.iter_mut().zip(&w) {
+            // SAFETY: i + 16 <= n == row.len().
+            *v = _mm512_cvtph_ps(unsafe {
+                _mm256_loadu_si256(row.as_ptr().add(i) as *const __m256i)
+            });
+        }
+        for (t, x) in x.iter().enumerate() {
+            // SAFETY: i + 16 <= n == x.len().
+            let xv = unsafe { _mm512_loadu_ps(x.as_ptr().add(i)) };
+            for (acc, v) in acc.iter_mut().zip(&wv) {
+                acc[t] = _mm512_fmadd_ps(*v, xv, acc[t]);
+            }
+        }
+        i += 16;
+    }
+    let mut out = [[0f32; T]; R];
+    for ((out, acc), row) in out.iter_mut().zip(&acc).zip(&w) {
+        for ((out, acc), x) in out.iter_mut().zip(acc).zip(&x) {
+            *out = _mm512_reduce_add_ps(*acc) + crate::scalar::f16_dot(&row[i..], &x[i..]);
+        }
+    }
+    out
 }
