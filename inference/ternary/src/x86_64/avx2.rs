@@ -267,16 +267,82 @@ fn hsum_f32(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
 }
 
-/// Row by row: with 16 ymm registers, 4 tokens × 2 accumulators and the converted weights of
-/// one row already fill the file.
+/// Pairs of rows against groups of four tokens (8 accumulators, 11 of the 16 ymm registers),
+/// so one activation load feeds two rows; what is left (one token, a last odd row, fewer than
+/// four tokens) goes row by row.
 fn f16_block(w: &[u16], rows: usize, x: &[f32], x_stride: usize, tokens: usize, out: &mut [f32]) {
     let cols = check_block_args(w.len(), rows, x.len(), x_stride, tokens, out.len());
     if tokens == 0 {
         return;
     }
-    for (r, out) in out.chunks_exact_mut(tokens).take(rows).enumerate() {
-        f16_rows(&w[r * cols..(r + 1) * cols], x, x_stride, tokens, out);
+    let row = |r: usize| &w[r * cols..(r + 1) * cols];
+    let act = |t: usize| &x[t * x_stride..t * x_stride + cols];
+    let paired = if tokens >= 4 { rows / 2 * 2 } else { 0 };
+    for r in (0..paired).step_by(2) {
+        let quads = tokens / 4 * 4;
+        for t in (0..quads).step_by(4) {
+            // SAFETY: installed only after detecting AVX2, FMA and F16C; both rows and all four
+            // activation rows have `cols` values (checked above).
+            let tile = unsafe {
+                f16_pair_f16c(
+                    [row(r), row(r + 1)],
+                    [act(t), act(t + 1), act(t + 2), act(t + 3)],
+                )
+            };
+            out[r * tokens + t..r * tokens + t + 4].copy_from_slice(&tile[0]);
+            out[(r + 1) * tokens + t..(r + 1) * tokens + t + 4].copy_from_slice(&tile[1]);
+        }
+        if quads < tokens {
+            let rest = &x[quads * x_stride..];
+            for rr in [r, r + 1] {
+                let out = &mut out[rr * tokens + quads..(rr + 1) * tokens];
+                f16_rows(row(rr), rest, x_stride, tokens - quads, out);
+            }
+        }
     }
+    for r in paired..rows {
+        f16_rows(
+            row(r),
+            x,
+            x_stride,
+            tokens,
+            &mut out[r * tokens..(r + 1) * tokens],
+        );
+    }
+}
+
+/// Two f16 rows against four tokens, 8 columns per step: `[row][token]`.
+///
+/// # Safety
+/// F16C, FMA and AVX2; every `w[r]` and `x[t]` has the same length.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_pair_f16c(w: [&[u16]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
+    let n = w[0].len();
+    let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n == every row's length.
+        let (w0, w1) = unsafe {
+            (
+                _mm256_cvtph_ps(_mm_loadu_si128(w[0].as_ptr().add(i) as *const __m128i)),
+                _mm256_cvtph_ps(_mm_loadu_si128(w[1].as_ptr().add(i) as *const __m128i)),
+            )
+        };
+        for (t, x) in x.iter().enumerate() {
+            // SAFETY: i + 8 <= n == x.len().
+            let xv = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
+            acc[0][t] = _mm256_fmadd_ps(w0, xv, acc[0][t]);
+            acc[1][t] = _mm256_fmadd_ps(w1, xv, acc[1][t]);
+        }
+        i += 8;
+    }
+    let mut out = [[0f32; 4]; 2];
+    for ((out, acc), row) in out.iter_mut().zip(&acc).zip(&w) {
+        for ((out, acc), x) in out.iter_mut().zip(acc).zip(&x) {
+            *out = hsum_f32(*acc) + crate::scalar::f16_dot(&row[i..], &x[i..]);
+        }
+    }
+    out
 }
 
 fn f16_rows(w: &[u16], x: &[f32], x_stride: usize, tokens: usize, out: &mut [f32]) {
