@@ -148,10 +148,6 @@ async fn cpu_load(
     q: &DrainCpu,
     rack: &Rack,
 ) -> Result<Option<f64>> {
-    let stat = q
-        .stat
-        .parse::<acme_aws::cloudwatch::Stat>()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let fill = |v: &str| {
         v.replace("{rack}", &rack.name)
             .replace("{region}", &rack.region)
@@ -165,7 +161,7 @@ async fn cpu_load(
             .iter()
             .map(|(k, v)| (k.clone(), fill(v)))
             .collect(),
-        stat,
+        stat: q.stat,
         period_secs: u32::try_from(q.period.as_secs().max(1)).unwrap_or(u32::MAX),
     };
     let end = SystemTime::now() + Duration::from_secs(1);
@@ -563,7 +559,7 @@ mod tests {
             namespace: "ContainerInsights".into(),
             metric: "pod_cpu_utilization".into(),
             dimensions: Vec::new(),
-            stat: "Average".into(),
+            stat: acme_aws::cloudwatch::Stat::Average,
             period: Duration::from_secs(60),
             window: Duration::from_secs(600),
             target,

@@ -50,7 +50,7 @@ pub struct DrainCpu {
     pub metric: String,
     /// Values may hold `{rack}`, `{region}`, `{service}`.
     pub dimensions: Vec<(String, String)>,
-    pub stat: String,
+    pub stat: acme_aws::cloudwatch::Stat,
     pub period: Duration,
     pub window: Duration,
     /// Percent per process the remaining regions may reach after taking the drained share.
@@ -617,15 +617,14 @@ fn resolve_drain_cpu(
     at: &Locator,
 ) -> Result<DrainCpu, ConfigError> {
     let stat = match &c.stat {
-        Some(s) if !is_statistic(s.get_ref()) => {
-            return Err(at.error(
+        Some(s) => s.get_ref().parse().map_err(|_| {
+            at.error(
                 s.span(),
                 format!("`{}` is not a CloudWatch statistic", s.get_ref()),
                 Some("use Average (the usual), Maximum, or a percentile such as p90".into()),
-            ))
-        }
-        Some(s) => s.get_ref().clone(),
-        None => "Average".into(),
+            )
+        })?,
+        None => acme_aws::cloudwatch::Stat::Average,
     };
     let target = match &c.target {
         Some(t) if !(*t.get_ref() > 0.0 && *t.get_ref() <= 100.0) => {
@@ -665,15 +664,6 @@ fn resolve_drain_cpu(
     })
 }
 
-/// A statistic CloudWatch's `GetMetricData` takes: a named one or a percentile `pNN`.
-fn is_statistic(stat: &str) -> bool {
-    let percentile = stat
-        .strip_prefix('p')
-        .and_then(|p| p.parse::<f64>().ok())
-        .is_some_and(|p| (0.0..=100.0).contains(&p));
-    percentile || ["Average", "Sum", "Maximum", "Minimum", "SampleCount"].contains(&stat)
-}
-
 /// A `bin` with a slash is a path relative to racks.toml; a bare name is looked up on PATH.
 fn absolute_bin(base: &Path) -> impl Fn(&str) -> PathBuf + '_ {
     move |bin| {
@@ -702,7 +692,13 @@ fn resolve_metric(
     at: &Locator,
 ) -> Result<MetricGate, ConfigError> {
     let stat = m.stat.get_ref().clone();
-    if !is_statistic(&stat) {
+    let percentile = stat
+        .strip_prefix('p')
+        .and_then(|p| p.parse::<f64>().ok())
+        .is_some_and(|p| (0.0..=100.0).contains(&p));
+    if !percentile
+        && !["Average", "Sum", "Maximum", "Minimum", "SampleCount"].contains(&stat.as_str())
+    {
         return Err(at.error(
             m.stat.span(),
             format!("`{stat}` is not a CloudWatch statistic"),

@@ -158,7 +158,7 @@ fn drain_cpu_reads_its_defaults_and_refuses_a_bad_target() {
     let text = GOOD.replace("\n[models]", &format!("{cpu}\n[models]"));
     let c = parse(&text).unwrap();
     let got = c.dns.unwrap().cpu.unwrap();
-    assert_eq!(got.stat, "Average");
+    assert_eq!(got.stat, acme_aws::cloudwatch::Stat::Average);
     assert_eq!(got.target, 70.0);
     assert_eq!(got.window, Duration::from_secs(600));
     assert_eq!(

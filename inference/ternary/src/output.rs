@@ -258,40 +258,26 @@ impl OutputMatrix {
             _ => None,
         };
         let out = SharedOut::new(out);
-        if let Storage::F16(w) = &self.storage {
-            let work = |row_range: std::ops::Range<usize>| {
-                let mut values = [0f32; F16_ROW_GROUP * TOKEN_BATCH];
-                let mut first_row = row_range.start;
-                while first_row < row_range.end {
-                    let group = F16_ROW_GROUP.min(row_range.end - first_row);
-                    let weights = &w[first_row * cols..(first_row + group) * cols];
-                    for first in (0..tokens).step_by(TOKEN_BATCH) {
-                        let count = TOKEN_BATCH.min(tokens - first);
-                        let values = &mut values[..group * count];
-                        let xs = first * cols..(first + count) * cols;
-                        (table.f16_block)(weights, group, &x[xs], cols, count, values);
-                        for (i, &value) in values.iter().enumerate() {
-                            let (r, t) = (first_row + i / count, first + i % count);
-                            // SAFETY: row r is in a range claimed by this call only.
-                            unsafe { out.write(t * rows + r, value) };
-                        }
-                    }
-                    first_row += group;
-                }
-            };
-            for_each_chunk(pool, rows, work);
-            return;
-        }
+        // F16 rows go to the kernel in groups so one activation load can serve several rows;
+        // the other storages take one row per call.
+        let group_rows = match self.storage {
+            Storage::F16(_) => F16_ROW_GROUP,
+            _ => 1,
+        };
         let work = |row_range: std::ops::Range<usize>| {
-            let mut values = [0f32; TOKEN_BATCH];
-            for r in row_range {
-                let range = r * cols..(r + 1) * cols;
+            let mut values = [0f32; F16_ROW_GROUP * TOKEN_BATCH];
+            let mut first_row = row_range.start;
+            while first_row < row_range.end {
+                let group = group_rows.min(row_range.end - first_row);
+                let range = first_row * cols..(first_row + group) * cols;
                 for first in (0..tokens).step_by(TOKEN_BATCH) {
                     let count = TOKEN_BATCH.min(tokens - first);
-                    let values = &mut values[..count];
+                    let values = &mut values[..group * count];
                     let xs = first * cols..(first + count) * cols;
                     match (&self.storage, &quantized) {
-                        (Storage::F16(_), _) => unreachable!("F16 rows take the block path above"),
+                        (Storage::F16(w), _) => {
+                            (table.f16_block)(&w[range.clone()], group, &x[xs], cols, count, values)
+                        }
                         (Storage::F32(w), _) => {
                             for (t, value) in values.iter_mut().enumerate() {
                                 *value = (table.f32_dot)(
@@ -303,7 +289,7 @@ impl OutputMatrix {
                         (Storage::Int8 { values: w, scales }, Some((xq, x_scales))) => (table
                             .q8_rows)(
                             &w[range.clone()],
-                            &scales[r * blocks..(r + 1) * blocks],
+                            &scales[first_row * blocks..(first_row + 1) * blocks],
                             &xq[xs],
                             &x_scales[first * blocks..(first + count) * blocks],
                             count,
@@ -313,11 +299,14 @@ impl OutputMatrix {
                             unreachable!("int8 storage always quantises its input")
                         }
                     }
-                    for (t, &value) in values.iter().enumerate() {
+                    // values[r * count + t]: row first_row + r, token first + t.
+                    for (i, &value) in values.iter().enumerate() {
+                        let (r, t) = (first_row + i / count, first + i % count);
                         // SAFETY: row r is in a range claimed by this call only.
-                        unsafe { out.write((first + t) * rows + r, value) };
+                        unsafe { out.write(t * rows + r, value) };
                     }
                 }
+                first_row += group;
             }
         };
         for_each_chunk(pool, rows, work);

@@ -48,7 +48,10 @@ pub(crate) fn f16_block(
 ) {
     let cols =
         crate::dispatch::check_block_args(w.len(), rows, x.len(), x_stride, tokens, out.len());
-    for (r, out) in out.chunks_exact_mut(tokens.max(1)).take(rows).enumerate() {
+    if tokens == 0 {
+        return;
+    }
+    for (r, out) in out.chunks_exact_mut(tokens).take(rows).enumerate() {
         let row = &w[r * cols..(r + 1) * cols];
         for (t, out) in out[..tokens].iter_mut().enumerate() {
             *out = f16_dot(row, &x[t * x_stride..t * x_stride + cols]);
