@@ -278,8 +278,8 @@ fn f16_block(w: &[u16], rows: usize, x: &[f32], x_stride: usize, tokens: usize, 
     let row = |r: usize| &w[r * cols..(r + 1) * cols];
     let act = |t: usize| &x[t * x_stride..t * x_stride + cols];
     let paired = if tokens >= 4 { rows / 2 * 2 } else { 0 };
+    let quads = tokens / 4 * 4;
     for r in (0..paired).step_by(2) {
-        let quads = tokens / 4 * 4;
         for t in (0..quads).step_by(4) {
             // SAFETY: installed only after detecting AVX2, FMA and F16C; both rows and all four
             // activation rows have `cols` values (checked above).
