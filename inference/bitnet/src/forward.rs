@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use ternary::QuantizedActivations;
 
 use crate::model::{Model, Projection};
@@ -61,13 +61,15 @@ impl SlotId {
 /// Keys and values of every layer for a fixed number of sequence slots, stored as f16
 /// (half the bytes of f32; decode reads the whole cache every step).
 /// Layout: `[slot][layer][kv_head][position][head_dim]`, so one head's keys are contiguous.
+/// The buffers hold f16 bits and are allocated zeroed (`calloc`), so the OS maps pages only as
+/// positions are written: a cache sized for the full context costs what the sequences use.
 pub struct KvCache {
     layers: usize,
     kv_heads: usize,
     head_dim: usize,
     max_positions: usize,
-    keys: Vec<f16>,
-    values: Vec<f16>,
+    keys: Vec<u16>,
+    values: Vec<u16>,
     lengths: Vec<usize>,
     in_use: Vec<bool>,
 }
@@ -88,8 +90,8 @@ impl KvCache {
             kv_heads: c.kv_heads,
             head_dim: c.head_dim,
             max_positions,
-            keys: vec![f16::ZERO; n],
-            values: vec![f16::ZERO; n],
+            keys: vec![0; n],
+            values: vec![0; n],
             lengths: vec![0; slots],
             in_use: vec![false; slots],
         })
@@ -182,6 +184,7 @@ pub struct Scratch {
     workers: Vec<Mutex<AttentionScratch>>,
     logit_rows: Vec<f32>,
     logits: Vec<f32>,
+    rope: Vec<(f32, f32)>,
 }
 
 impl Scratch {
@@ -206,11 +209,19 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// NEOX rotation: pairs (i, i + rope_dims/2) of each head's leading `rope_dims` values.
-fn rope_neox(head: &mut [f32], pos: usize, inv_freq: &[f32]) {
-    let half = inv_freq.len();
-    for (i, &freq) in inv_freq.iter().enumerate() {
+/// `(cos, sin)` of every rotation angle of a position, as [`rope_neox`] takes them. Computed
+/// once per token and forward call: every head of every layer rotates by the same angles.
+fn rope_angles(pos: usize, inv_freq: &[f32], out: &mut [(f32, f32)]) {
+    for (angle, &freq) in out.iter_mut().zip(inv_freq) {
         let (sin, cos) = (pos as f32 * freq).sin_cos();
+        *angle = (cos, sin);
+    }
+}
+
+/// NEOX rotation: pairs (i, i + rope_dims/2) of each head's leading `rope_dims` values.
+fn rope_neox(head: &mut [f32], angles: &[(f32, f32)]) {
+    let half = angles.len();
+    for (i, &(cos, sin)) in angles.iter().enumerate() {
         let (a, b) = (head[i], head[i + half]);
         head[i] = a * cos - b * sin;
         head[i + half] = a * sin + b * cos;
@@ -246,9 +257,16 @@ impl Model {
             s.logits.clear();
             return Ok(&s.logits);
         }
+        let half_rot = self.rope_inv_freq.len();
+        s.rope.resize(n * half_rot, (1.0, 0.0));
         for (i, entry) in batch.iter().enumerate() {
             self.token_embedding
                 .row(entry.token as usize, &mut s.hidden[i * h..(i + 1) * h]);
+            rope_angles(
+                entry.pos,
+                &self.rope_inv_freq,
+                &mut s.rope[i * half_rot..(i + 1) * half_rot],
+            );
         }
 
         for (layer_index, layer) in self.layers.iter().enumerate() {
@@ -264,19 +282,22 @@ impl Model {
             self.project(&layer.attn_k, acts, &mut s.k)?;
             self.project(&layer.attn_v, acts, &mut s.v)?;
             for (i, entry) in batch.iter().enumerate() {
+                let angles = &s.rope[i * half_rot..(i + 1) * half_rot];
                 for head in s.q[i * qd..(i + 1) * qd].chunks_exact_mut(c.head_dim) {
-                    rope_neox(head, entry.pos, &self.rope_inv_freq);
+                    rope_neox(head, angles);
                 }
                 for head in s.k[i * kvd..(i + 1) * kvd].chunks_exact_mut(c.head_dim) {
-                    rope_neox(head, entry.pos, &self.rope_inv_freq);
+                    rope_neox(head, angles);
                 }
                 for kv_head in 0..c.kv_heads {
                     let at = cache.head_base(entry.slot.0, layer_index, kv_head)
                         + entry.pos * c.head_dim;
                     let from = i * kvd + kv_head * c.head_dim;
                     cache.keys[at..at + c.head_dim]
+                        .reinterpret_cast_mut::<f16>()
                         .convert_from_f32_slice(&s.k[from..from + c.head_dim]);
                     cache.values[at..at + c.head_dim]
+                        .reinterpret_cast_mut::<f16>()
                         .convert_from_f32_slice(&s.v[from..from + c.head_dim]);
                 }
             }
@@ -446,8 +467,8 @@ impl Model {
                 let entry = &batch[i];
                 let len = entry.pos + 1;
                 let base = cache.head_base(entry.slot.0, layer, head / group);
-                let keys = &cache.keys[base..base + len * hd];
-                let values = &cache.values[base..base + len * hd];
+                let keys = cache.keys[base..base + len * hd].reinterpret_cast::<f16>();
+                let values = cache.values[base..base + len * hd].reinterpret_cast::<f16>();
                 let query = &q[i * c.q_dim() + head * hd..][..hd];
                 ws.scores.resize(len, 0.0);
                 ws.rows.resize(ATTENTION_CHUNK * hd, 0.0);

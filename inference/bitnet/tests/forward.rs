@@ -517,3 +517,51 @@ fn a_loaded_model_can_be_shared_between_threads() {
         assert_eq!(handle.join().unwrap(), expected);
     }
 }
+
+/// Private resident memory of this process in MB (`RssAnon` of /proc/self/status).
+#[cfg(target_os = "linux")]
+fn resident_anon_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
+    let kb: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb / 1024.0
+}
+
+/// A server sizes its cache for every slot at the full context; memory must follow what the
+/// sequences hold, not that bound, or a container with a memory limit dies at start-up.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_context_cache_costs_memory_only_for_the_positions_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        &SyntheticModel::tiny(WeightFormat::I2S, 3),
+        "m.gguf",
+    );
+    let model = Model::load(&path, options(1)).unwrap();
+    let slots = 2048;
+    let before = resident_anon_mb();
+    let mut cache = KvCache::new(&model, slots, model.context_length()).unwrap();
+    let mb = cache.bytes() as f64 / 1e6;
+    assert!(
+        mb > 500.0,
+        "the cache should be large for this check: {mb} MB"
+    );
+    let slot = cache.allocate().unwrap();
+    let mut scratch = Scratch::new();
+    let batch: Vec<BatchToken> = (0..8)
+        .map(|pos| BatchToken {
+            slot,
+            token: 10 + pos as u32,
+            pos,
+            logits: pos == 7,
+        })
+        .collect();
+    model.forward(&mut cache, &mut scratch, &batch).unwrap();
+    let grown = resident_anon_mb() - before;
+    // Other tests run in parallel in this process, so allow them some room.
+    assert!(
+        grown < mb / 4.0,
+        "a {mb:.0} MB cache with 8 positions written made the process {grown:.0} MB larger"
+    );
+}
