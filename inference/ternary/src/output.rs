@@ -300,10 +300,11 @@ impl OutputMatrix {
                         }
                     }
                     // values[r * count + t]: row first_row + r, token first + t.
-                    for (i, &value) in values.iter().enumerate() {
-                        let (r, t) = (first_row + i / count, first + i % count);
-                        // SAFETY: row r is in a range claimed by this call only.
-                        unsafe { out.write(t * rows + r, value) };
+                    for (r, row_values) in (first_row..).zip(values.chunks_exact(count)) {
+                        for (t, &value) in (first..).zip(row_values) {
+                            // SAFETY: row r is in a range claimed by this call only.
+                            unsafe { out.write(t * rows + r, value) };
+                        }
                     }
                 }
                 first_row += group;

@@ -60,12 +60,13 @@ fn every_simd_kernel_equals_the_scalar_reference_exactly() {
     let pool = ThreadPool::new(2);
     let mut rng = Rng::new(42);
     let mut compared = 0;
-    for case in 0..24 {
+    for case in 0..36 {
         let format = FORMATS[case % 3];
         let rows = rng.pick(&[1, 3, 4, 5, 7, 13, 33]);
         // Up to 40 chunks, past the 16-chunk int16 widening point, with odd chunk counts.
         let cols = format.block_len() * rng.pick(&[1, 2, 3, 5, 10, 17, 20]);
-        let tokens = rng.pick(&[1, 2, 3, 5, 17]);
+        // Every remainder of an 8-token pass, and batches past the 16-token call size.
+        let tokens = rng.pick(&[1, 2, 3, 4, 5, 6, 7, 8, 12, 17, 23]);
         for (weight_name, values) in weight_cases(&mut rng, rows, cols) {
             let bytes = encode(format, &values, rows, cols, 0.0390625).unwrap();
             let matrix = TernaryMatrix::from_gguf(format, &bytes, rows, cols).unwrap();

@@ -12,8 +12,14 @@ use crate::output::Q8_BLOCK;
 use crate::scalar::{q8_block_lanes, Q8_LANES};
 use std::arch::x86_64::*;
 
-/// Tokens sharing one pass over a tile's codes.
-const TOKENS_PER_PASS: usize = 4;
+/// Tokens per pass of the f16 block kernel: 4 rows × 6 tokens take 24 accumulators and 4
+/// converted weight vectors of the 32 zmm registers.
+const F16_TOKENS_PER_PASS: usize = 6;
+
+/// Tokens sharing one pass over a tile's codes: 8 tokens × 2 accumulators take 16 of the 32
+/// zmm registers, and each decoded code vector feeds 8 `vpdpbusd`s, so decoding stays off the
+/// critical path when a batch is compute-bound.
+const TOKENS_PER_PASS: usize = 8;
 
 /// Puts the AVX-512 VNNI ternary kernel into `table` (built on AVX2) if the CPU has it.
 pub(crate) fn install(table: KernelTable) -> Option<KernelTable> {
@@ -36,47 +42,41 @@ fn ternary_tile(tile: &[u8], x: &[i8], x_stride: usize, tokens: usize, out: &mut
     let mut token = 0;
     while token < tokens {
         let count = (tokens - token).min(TOKENS_PER_PASS);
-        let start = |i: usize| x[(token + i) * x_stride..].as_ptr();
-        let sums = &mut out[token * TILE_ROWS..(token + count) * TILE_ROWS];
+        let x = x[token * x_stride..].as_ptr();
+        let sums = out[token * TILE_ROWS..(token + count) * TILE_ROWS].as_mut_ptr();
+        let w = tile.as_ptr();
         // SAFETY: `install` put this function in a table only after detecting AVX-512 F/BW/VNNI;
-        // `check_tile_args` proved each token start has `chunks * 128` values and the tile
-        // `chunks * 128` bytes.
+        // `check_tile_args` proved each of the `count` token starts (x + t * x_stride) has
+        // `chunks * 128` values, the tile `chunks * 128` bytes, and `sums` 4 values per token.
         unsafe {
             match count {
-                1 => sums.copy_from_slice(
-                    rows4_tokens::<1>(tile.as_ptr(), [start(0)], chunks).as_flattened(),
-                ),
-                2 => sums.copy_from_slice(
-                    rows4_tokens::<2>(tile.as_ptr(), [start(0), start(1)], chunks).as_flattened(),
-                ),
-                3 => sums.copy_from_slice(
-                    rows4_tokens::<3>(tile.as_ptr(), [start(0), start(1), start(2)], chunks)
-                        .as_flattened(),
-                ),
-                _ => sums.copy_from_slice(
-                    rows4_tokens::<4>(
-                        tile.as_ptr(),
-                        [start(0), start(1), start(2), start(3)],
-                        chunks,
-                    )
-                    .as_flattened(),
-                ),
+                1 => rows4_tokens::<1>(w, x, x_stride, chunks, sums),
+                2 => rows4_tokens::<2>(w, x, x_stride, chunks, sums),
+                3 => rows4_tokens::<3>(w, x, x_stride, chunks, sums),
+                4 => rows4_tokens::<4>(w, x, x_stride, chunks, sums),
+                5 => rows4_tokens::<5>(w, x, x_stride, chunks, sums),
+                6 => rows4_tokens::<6>(w, x, x_stride, chunks, sums),
+                7 => rows4_tokens::<7>(w, x, x_stride, chunks, sums),
+                _ => rows4_tokens::<8>(w, x, x_stride, chunks, sums),
             }
         }
         token += count;
     }
 }
 
-/// Σ code·x for the 4 rows of a tile and `T` tokens: `result[t][row]`.
+/// Σ code·x for the 4 rows of a tile and `T` tokens, written as `out[t * 4 + row]`.
 ///
 /// # Safety
-/// AVX-512 F/BW/VNNI; `w` points at `chunks * 128` bytes and each `x` at `chunks * 128` values.
+/// AVX-512 F/BW/VNNI; `w` points at `chunks * 128` bytes, `x + t * x_stride` at `chunks * 128`
+/// values for every `t < T`, and `out` at `4 * T` writable values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn rows4_tokens<const T: usize>(
     w: *const u8,
-    x: [*const i8; T],
+    x: *const i8,
+    x_stride: usize,
     chunks: usize,
-) -> [[i32; TILE_ROWS]; T] {
+    out: *mut i32,
+) {
     let mask = _mm512_set1_epi8(3);
     // acc[t][0] holds rows 0 (low half) and 1 (high half), acc[t][1] rows 2 and 3.
     let mut acc = [[_mm512_setzero_si512(); 2]; T];
@@ -93,7 +93,7 @@ unsafe fn rows4_tokens<const T: usize>(
                     // SAFETY: group $g < 4 stays inside this chunk's 128 values of token t.
                     let xg = unsafe {
                         _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                            x[t].add(chunk * CHUNK + 32 * $g) as *const __m256i,
+                            x.add(t * x_stride + chunk * CHUNK + 32 * $g) as *const __m256i,
                         ))
                     };
                     acc[0] = _mm512_dpbusd_epi32(acc[0], c01, xg);
@@ -127,21 +127,48 @@ unsafe fn rows4_tokens<const T: usize>(
             (_mm512_and_si512(w01, mask), _mm512_and_si512(w23, mask))
         );
     }
-    let mut sums = [[0i32; TILE_ROWS]; T];
-    for (sums, acc) in sums.iter_mut().zip(&acc) {
-        for (half, pair) in acc.iter().enumerate() {
-            sums[2 * half] = hsum_i32(_mm512_castsi512_si256(*pair));
-            sums[2 * half + 1] = hsum_i32(_mm512_extracti64x4_epi64::<1>(*pair));
-        }
+    let zero = [_mm512_setzero_si512(); 2];
+    let mut t = 0;
+    while t < T {
+        let n = (T - t).min(4);
+        let quad: [[__m512i; 2]; 4] =
+            std::array::from_fn(|i| if i < n { acc[t + i] } else { zero });
+        let mask: __mmask16 = ((1u32 << (4 * n)) - 1) as __mmask16;
+        // SAFETY: the caller gave `4 * T` values at `out`; the mask writes only `4 * n` of
+        // the 16 from `out + 4 * t`.
+        unsafe { _mm512_mask_storeu_epi32(out.add(4 * t), mask, reduce_quad(quad)) };
+        t += n;
     }
-    sums
 }
 
-#[target_feature(enable = "avx2")]
-fn hsum_i32(v: __m256i) -> i32 {
-    let quad = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-    let pair = _mm_add_epi32(quad, _mm_unpackhi_epi64(quad, quad));
-    _mm_cvtsi128_si32(_mm_add_epi32(pair, _mm_shuffle_epi32::<1>(pair)))
+/// The 16 sums `[t * 4 + row]` of four tokens' accumulator pairs (`[t][0]` = rows 0 | 1 in its
+/// 256-bit halves, `[t][1]` = rows 2 | 3), by a transposing tree: 17 shuffles and adds instead
+/// of 16 separate horizontal sums.
+#[target_feature(enable = "avx512f")]
+fn reduce_quad(acc: [[__m512i; 2]; 4]) -> __m512i {
+    // Per 128-bit lane, [a0+a2, a1+a3, b0+b2, b1+b3] for a = rows 0|1, b = rows 2|3.
+    let pairs = acc
+        .map(|[a, b]| _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b)));
+    // Per 128-bit lane, [A(t), B(t), A(u), B(u)]: each a full 4-lane sum of that lane.
+    let join = |p: __m512i, q: __m512i| {
+        let (p, q) = (_mm512_castsi512_ps(p), _mm512_castsi512_ps(q));
+        _mm512_add_epi32(
+            _mm512_castps_si512(_mm512_shuffle_ps::<0b10_00_10_00>(p, q)),
+            _mm512_castps_si512(_mm512_shuffle_ps::<0b11_01_11_01>(p, q)),
+        )
+    };
+    let (t01, t23) = (join(pairs[0], pairs[1]), join(pairs[2], pairs[3]));
+    // 128-bit lanes 0+1 hold row 0 (and 2), lanes 2+3 row 1 (and 3). After adding them the
+    // lanes are [t01: rows 0/2, t01: rows 1/3, t23: rows 0/2, t23: rows 1/3], each lane
+    // ordered [r(t), r+2(t), r(u), r+2(u)].
+    let sums = _mm512_add_epi32(
+        _mm512_shuffle_i32x4::<0b10_00_10_00>(t01, t23),
+        _mm512_shuffle_i32x4::<0b11_01_11_01>(t01, t23),
+    );
+    // Element e of `sums`: lane L = e / 4, j = e % 4; token = 2 * (L / 2) + j / 2,
+    // row = (L % 2) + 2 * (j % 2). Gather them into token-major order.
+    let order = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
+    _mm512_permutexvar_epi32(order, sums)
 }
 
 fn q8_rows(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32], tokens: usize, out: &mut [f32]) {
@@ -250,8 +277,9 @@ fn hsum_f32(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
 }
 
-/// Up to four rows × four tokens per pass: each activation load feeds four rows and each
-/// converted weight vector four tokens (16 accumulators, 21 of the 32 zmm registers).
+/// Up to four rows × six tokens per pass: each activation load feeds four rows and each
+/// converted weight vector six tokens (24 accumulators and 4 weight vectors of the 32 zmm
+/// registers), so the f16 → f32 conversions stay a small share of the vector work.
 fn f16_block(w: &[u16], rows: usize, x: &[f32], x_stride: usize, tokens: usize, out: &mut [f32]) {
     let cols = check_block_args(w.len(), rows, x.len(), x_stride, tokens, out.len());
     let row = |r: usize| &w[r * cols..(r + 1) * cols];
@@ -320,7 +348,7 @@ unsafe fn f16_dot_avx512(w: &[u16], x: &[f32]) -> f32 {
     )) + crate::scalar::f16_dot(&w[i..], &x[i..])
 }
 
-/// `R` rows against every token, four tokens per pass; `out[r * tokens + t]`.
+/// `R` rows against every token, six tokens per pass; `out[r * tokens + t]`.
 ///
 /// # Safety
 /// AVX-512F; every row has the same length `cols`, and token t's `cols` values start at
@@ -337,30 +365,29 @@ unsafe fn f16_rows_avx512<const R: usize>(
     let act = |t: usize| &x[t * x_stride..t * x_stride + cols];
     let mut t = 0;
     while t < tokens {
-        let n = (tokens - t).min(4);
+        let n = (tokens - t).min(F16_TOKENS_PER_PASS);
         let mut put = |tile: &[f32], width: usize| {
             for (r, values) in tile.chunks_exact(width).enumerate() {
                 out[r * tokens + t..r * tokens + t + width].copy_from_slice(values);
             }
         };
-        // SAFETY (each arm): the caller's contract; every `act(..)` has `cols` values.
-        unsafe {
-            match n {
-                4 => put(
-                    f16_tile_avx512::<R, 4>(w, [act(t), act(t + 1), act(t + 2), act(t + 3)])
+        macro_rules! pass {
+            ($n:literal) => {
+                // SAFETY: the caller's contract; every `act(..)` has `cols` values.
+                put(
+                    unsafe { f16_tile_avx512::<R, $n>(w, std::array::from_fn(|i| act(t + i))) }
                         .as_flattened(),
-                    4,
-                ),
-                3 => put(
-                    f16_tile_avx512::<R, 3>(w, [act(t), act(t + 1), act(t + 2)]).as_flattened(),
-                    3,
-                ),
-                2 => put(
-                    f16_tile_avx512::<R, 2>(w, [act(t), act(t + 1)]).as_flattened(),
-                    2,
-                ),
-                _ => put(f16_tile_avx512::<R, 1>(w, [act(t)]).as_flattened(), 1),
-            }
+                    $n,
+                )
+            };
+        }
+        match n {
+            1 => pass!(1),
+            2 => pass!(2),
+            3 => pass!(3),
+            4 => pass!(4),
+            5 => pass!(5),
+            _ => pass!(6),
         }
         t += n;
     }
