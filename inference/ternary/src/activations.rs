@@ -9,6 +9,7 @@ const ALIGN: usize = 64;
 const ROUNDING_MAGIC: f32 = 12_582_912.0;
 
 /// max |v|, in 8 independent lanes so that the loop vectorises; NaNs are ignored.
+#[inline(always)]
 fn absmax(values: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let mut chunks = values.chunks_exact(8);
@@ -24,11 +25,32 @@ fn absmax(values: &[f32]) -> f32 {
 /// Round half to even and saturate to i8, as `round_ties_even().clamp(-128, 127)` but without
 /// the libm call that costs on baseline x86-64: |v| ≤ 127.00002 here (v = x·127/max|x|), far
 /// inside the range where the magic-number trick is exact. NaN becomes 0.
-fn round_to_i8(v: f32) -> i8 {
+/// Quantises `input` into `out[..input.len()]` with its absmax scale and returns the scale.
+fn quantize_row(input: &[f32], out: &mut [i8]) -> f32 {
+    let scale = 127.0 / absmax(input).max(1e-5);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected just above; `out` holds a padded row of at least `input.len()`.
+        unsafe { crate::x86_64::avx2::quantize_row(input, scale, out) };
+        return scale;
+    }
+    quantize_row_scalar(input, scale, out);
+    scale
+}
+
+/// The reference rule the SIMD version must equal: round half to even, clamp, NaN → 0.
+fn quantize_row_scalar(input: &[f32], scale: f32, out: &mut [i8]) {
+    for (q, &v) in out.iter_mut().zip(input) {
+        *q = round_to_i8(v * scale);
+    }
+}
+
+pub(crate) fn round_to_i8(v: f32) -> i8 {
     round_half_even(v).clamp(-128.0, 127.0) as i8
 }
 
 /// Round half to even for |v| < 2^22 (NaN stays NaN).
+#[inline(always)]
 pub(crate) fn round_half_even(v: f32) -> f32 {
     (v + ROUNDING_MAGIC) - ROUNDING_MAGIC
 }
@@ -90,10 +112,7 @@ impl QuantizedActivations {
         let offset = self.offset;
         for (token, input) in x.chunks_exact(cols).enumerate() {
             let row = &mut self.storage[offset + token * stride..offset + (token + 1) * stride];
-            let scale = 127.0 / absmax(input).max(1e-5);
-            for (q, &v) in row.iter_mut().zip(input) {
-                *q = round_to_i8(v * scale);
-            }
+            let scale = quantize_row(input, row);
             row[cols..].fill(0);
             let mut total = 0i32;
             for chunk in row.chunks_exact(CHUNK) {
@@ -193,5 +212,49 @@ impl QuantizedActivations {
     /// Σ q over 128-element chunk `chunk` of `token`.
     pub(crate) fn chunk_sum(&self, token: usize, chunk: usize) -> i32 {
         self.chunk_sums[token * (self.stride / CHUNK) + chunk]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> Vec<Vec<f32>> {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        let mut cases = Vec::new();
+        for len in [1, 7, 31, 32, 33, 64, 100, 257, 2560] {
+            cases.push((0..len).map(|_| next() * 3.0).collect());
+        }
+        // absmax 127 makes the scale exactly 1, so these land on rounding ties.
+        cases.push(vec![
+            127.0, 2.5, -2.5, 3.5, -3.5, 0.5, -0.5, 126.5, -126.5, -127.0, 0.0, -0.0, 1.5, 64.5,
+            -64.5, 100.49999, 100.5, 101.5, -101.5, 2.5, 2.5, 2.5, 2.5, 2.5, 2.5, 2.5, 2.5, 2.5,
+            2.5, 2.5, 2.5, 2.5, 9.5, -9.5,
+        ]);
+        let mut special: Vec<f32> = (0..40).map(|i| i as f32 - 20.0).collect();
+        special[3] = f32::NAN;
+        special[17] = f32::INFINITY;
+        special[35] = f32::NEG_INFINITY;
+        cases.push(special);
+        cases.push(vec![f32::NAN; 40]);
+        cases.push(vec![1e-9; 70]);
+        cases
+    }
+
+    #[test]
+    fn the_simd_row_quantisation_equals_the_scalar_rule() {
+        for input in inputs() {
+            let mut simd = vec![0x55i8; input.len()];
+            let mut scalar = vec![0x55i8; input.len()];
+            let scale = quantize_row(&input, &mut simd);
+            quantize_row_scalar(&input, scale, &mut scalar);
+            assert_eq!(simd, scalar, "input {input:?}");
+        }
     }
 }

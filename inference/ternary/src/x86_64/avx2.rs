@@ -564,3 +564,40 @@ unsafe fn q8_rows_avx2<const T: usize>(
     }
     acc.map(|[low, high]| hsum_f32(_mm256_add_ps(low, high)))
 }
+
+/// `out[i] = round_half_even(input[i] · scale)` saturated to i8, NaN → 0: the scalar
+/// [`crate::activations`] rule, 32 values per step. `vcvtps2dq` rounds half to even under the
+/// default MXCSR, as the scalar magic-number rounding does for |v| < 2^22, and the saturating
+/// packs are the scalar clamp.
+///
+/// # Safety
+/// AVX2; `out.len() >= input.len()`.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn quantize_row(input: &[f32], scale: f32, out: &mut [i8]) {
+    assert!(
+        out.len() >= input.len(),
+        "quantize_row: output shorter than input"
+    );
+    let factor = _mm256_set1_ps(scale);
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let whole = input.len() / 32 * 32;
+    let to_i32 = |v: __m256| {
+        let scaled = _mm256_mul_ps(v, factor);
+        let finite_or_zero = _mm256_and_ps(scaled, _mm256_cmp_ps::<_CMP_ORD_Q>(scaled, scaled));
+        _mm256_cvtps_epi32(finite_or_zero)
+    };
+    for i in (0..whole).step_by(32) {
+        // SAFETY: i + 32 <= whole <= input.len() <= out.len().
+        unsafe {
+            let p = input.as_ptr().add(i);
+            let [a, b, c, d] = [0, 8, 16, 24].map(|k| to_i32(_mm256_loadu_ps(p.add(k))));
+            // The packs interleave 128-bit lanes; the permute puts the 8 dwords back in order.
+            let bytes = _mm256_packs_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+            let bytes = _mm256_permutevar8x32_epi32(bytes, order);
+            _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, bytes);
+        }
+    }
+    for (q, &v) in out[whole..].iter_mut().zip(&input[whole..]) {
+        *q = crate::activations::round_to_i8(v * scale);
+    }
+}
