@@ -164,6 +164,8 @@ pub struct BatchToken {
 #[derive(Default)]
 struct AttentionScratch {
     scores: Vec<f32>,
+    maxes: Vec<f32>,
+    totals: Vec<f32>,
     rows: Vec<f32>,
     out: Vec<f32>,
 }
@@ -430,8 +432,10 @@ impl Model {
         Ok(())
     }
 
-    /// Causal GQA attention of every batch token over its slot's positions `0..=pos`,
-    /// split across the pool's workers by (token, head).
+    /// Causal GQA attention of every batch token over its slot's positions `0..=pos`, split
+    /// across the pool's workers by (token, KV head): the query heads that share a KV head are
+    /// scored together, so each cached key and value is converted from f16 once, not once per
+    /// query head. Per head the arithmetic is the same as scoring it alone.
     fn attention(
         &self,
         cache: &KvCache,
@@ -444,7 +448,9 @@ impl Model {
         let c = &self.config;
         let hd = c.head_dim;
         let group = c.heads / c.kv_heads;
-        let items = batch.len() * c.heads;
+        // One item's output: the `group` query heads of one KV head, contiguous in `attn`.
+        let width = group * hd;
+        let items = batch.len() * c.kv_heads;
         let threads = self.pool.threads().min(items).max(1);
         while workers.len() < self.pool.threads() {
             workers.push(Mutex::new(AttentionScratch::default()));
@@ -461,53 +467,66 @@ impl Model {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let ws = &mut *guard;
-            ws.out.resize((end - start) * hd, 0.0);
+            ws.out.resize((end - start) * width, 0.0);
             for item in start..end {
-                let (i, head) = (item / c.heads, item % c.heads);
+                let (i, kv_head) = (item / c.kv_heads, item % c.kv_heads);
                 let entry = &batch[i];
                 let len = entry.pos + 1;
-                let base = cache.head_base(entry.slot.0, layer, head / group);
+                let base = cache.head_base(entry.slot.0, layer, kv_head);
                 let keys = cache.keys[base..base + len * hd].reinterpret_cast::<f16>();
                 let values = cache.values[base..base + len * hd].reinterpret_cast::<f16>();
-                let query = &q[i * c.q_dim() + head * hd..][..hd];
-                ws.scores.resize(len, 0.0);
+                let queries = &q[i * c.q_dim() + kv_head * width..][..width];
+                // scores[g * len + j]: query head g of the group against position j.
+                ws.scores.resize(group * len, 0.0);
                 ws.rows.resize(ATTENTION_CHUNK * hd, 0.0);
-                let mut max = f32::NEG_INFINITY;
+                ws.maxes.clear();
+                ws.maxes.resize(group, f32::NEG_INFINITY);
                 for (chunk_index, key_chunk) in keys.chunks(ATTENTION_CHUNK * hd).enumerate() {
                     let rows = &mut ws.rows[..key_chunk.len()];
                     key_chunk.convert_to_f32_slice(rows);
-                    for (j, key) in rows.chunks_exact(hd).enumerate() {
-                        let score = dot(query, key) * inv_sqrt;
-                        max = max.max(score);
-                        ws.scores[chunk_index * ATTENTION_CHUNK + j] = score;
+                    for (g, query) in queries.chunks_exact(hd).enumerate() {
+                        let scores = &mut ws.scores[g * len + chunk_index * ATTENTION_CHUNK..];
+                        let max = &mut ws.maxes[g];
+                        for (score, key) in scores.iter_mut().zip(rows.chunks_exact(hd)) {
+                            *score = dot(query, key) * inv_sqrt;
+                            *max = max.max(*score);
+                        }
                     }
                 }
-                let mut total = 0.0;
-                for s in ws.scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    total += *s;
+                ws.totals.clear();
+                for (scores, &max) in ws.scores.chunks_exact_mut(len).zip(&ws.maxes) {
+                    let mut total = 0.0;
+                    for s in scores.iter_mut() {
+                        *s = (*s - max).exp();
+                        total += *s;
+                    }
+                    ws.totals.push(total);
                 }
-                let out = &mut ws.out[(item - start) * hd..][..hd];
+                let out = &mut ws.out[(item - start) * width..][..width];
                 out.fill(0.0);
                 for (chunk_index, value_chunk) in values.chunks(ATTENTION_CHUNK * hd).enumerate() {
                     let rows = &mut ws.rows[..value_chunk.len()];
                     value_chunk.convert_to_f32_slice(rows);
-                    for (j, value) in rows.chunks_exact(hd).enumerate() {
-                        let weight = ws.scores[chunk_index * ATTENTION_CHUNK + j] / total;
-                        for (o, v) in out.iter_mut().zip(value) {
-                            *o += weight * v;
+                    for (g, head_out) in out.chunks_exact_mut(hd).enumerate() {
+                        let scores = &ws.scores[g * len + chunk_index * ATTENTION_CHUNK..];
+                        let total = ws.totals[g];
+                        for (&score, value) in scores.iter().zip(rows.chunks_exact(hd)) {
+                            let weight = score / total;
+                            for (o, v) in head_out.iter_mut().zip(value) {
+                                *o += weight * v;
+                            }
                         }
                     }
                 }
             }
         });
-        // Items are token-major, head-minor, so a worker's range is one contiguous run of `attn`.
+        // Items are token-major, KV-head-minor, so a worker's range is one contiguous run of `attn`.
         for (worker, slot) in workers_ref.iter().enumerate().take(threads) {
             let (start, end) = range_of(worker);
             let ws = slot
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            attn[start * hd..end * hd].copy_from_slice(&ws.out[..(end - start) * hd]);
+            attn[start * width..end * width].copy_from_slice(&ws.out[..(end - start) * width]);
         }
     }
 }
