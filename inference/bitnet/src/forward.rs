@@ -164,9 +164,6 @@ pub struct BatchToken {
 #[derive(Default)]
 struct AttentionScratch {
     scores: Vec<f32>,
-    maxes: Vec<f32>,
-    totals: Vec<f32>,
-    rows: Vec<f32>,
     out: Vec<f32>,
 }
 
@@ -473,51 +470,26 @@ impl Model {
                 let entry = &batch[i];
                 let len = entry.pos + 1;
                 let base = cache.head_base(entry.slot.0, layer, kv_head);
-                let keys = cache.keys[base..base + len * hd].reinterpret_cast::<f16>();
-                let values = cache.values[base..base + len * hd].reinterpret_cast::<f16>();
+                let keys = &cache.keys[base..base + len * hd];
+                let values = &cache.values[base..base + len * hd];
                 let queries = &q[i * c.q_dim() + kv_head * width..][..width];
                 // scores[g * len + j]: query head g of the group against position j.
                 ws.scores.resize(group * len, 0.0);
-                ws.rows.resize(ATTENTION_CHUNK * hd, 0.0);
-                ws.maxes.clear();
-                ws.maxes.resize(group, f32::NEG_INFINITY);
-                for (chunk_index, key_chunk) in keys.chunks(ATTENTION_CHUNK * hd).enumerate() {
-                    let rows = &mut ws.rows[..key_chunk.len()];
-                    key_chunk.convert_to_f32_slice(rows);
-                    for (g, query) in queries.chunks_exact(hd).enumerate() {
-                        let scores = &mut ws.scores[g * len + chunk_index * ATTENTION_CHUNK..];
-                        let max = &mut ws.maxes[g];
-                        for (score, key) in scores.iter_mut().zip(rows.chunks_exact(hd)) {
-                            *score = dot(query, key) * inv_sqrt;
-                            *max = max.max(*score);
-                        }
-                    }
-                }
-                ws.totals.clear();
-                for (scores, &max) in ws.scores.chunks_exact_mut(len).zip(&ws.maxes) {
+                ternary::attention_scores(queries, keys, hd, inv_sqrt, &mut ws.scores, len);
+                for scores in ws.scores.chunks_exact_mut(len) {
+                    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
                     let mut total = 0.0;
                     for s in scores.iter_mut() {
                         *s = (*s - max).exp();
                         total += *s;
                     }
-                    ws.totals.push(total);
+                    for s in scores.iter_mut() {
+                        *s /= total;
+                    }
                 }
                 let out = &mut ws.out[(item - start) * width..][..width];
                 out.fill(0.0);
-                for (chunk_index, value_chunk) in values.chunks(ATTENTION_CHUNK * hd).enumerate() {
-                    let rows = &mut ws.rows[..value_chunk.len()];
-                    value_chunk.convert_to_f32_slice(rows);
-                    for (g, head_out) in out.chunks_exact_mut(hd).enumerate() {
-                        let scores = &ws.scores[g * len + chunk_index * ATTENTION_CHUNK..];
-                        let total = ws.totals[g];
-                        for (&score, value) in scores.iter().zip(rows.chunks_exact(hd)) {
-                            let weight = score / total;
-                            for (o, v) in head_out.iter_mut().zip(value) {
-                                *o += weight * v;
-                            }
-                        }
-                    }
-                }
+                ternary::attention_values(&ws.scores, len, values, hd, out);
             }
         });
         // Items are token-major, KV-head-minor, so a worker's range is one contiguous run of `attn`.
@@ -529,25 +501,6 @@ impl Model {
             attn[start * width..end * width].copy_from_slice(&ws.out[..(end - start) * width]);
         }
     }
-}
-
-/// Positions whose keys are converted from f16 at once.
-const ATTENTION_CHUNK: usize = 64;
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent sums let the compiler vectorise without reassociating floats.
-    let mut acc = [0.0f32; 8];
-    let chunks = a.len() / 8 * 8;
-    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
-        for k in 0..8 {
-            acc[k] += ca[k] * cb[k];
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (x, y) in a[chunks..].iter().zip(&b[chunks..]) {
-        sum += x * y;
-    }
-    sum
 }
 
 fn quantize<'a>(

@@ -6,6 +6,7 @@
 //!   multiplies them with [`QuantizedActivations`] (int8 per token) using integer dot products
 //!   and one float step per output.
 //! - [`OutputMatrix`]: the F16 output layer / embedding, and its int8 repack.
+//! - [`attention_scores`], [`attention_values`]: the products of attention over an f16 KV cache.
 //! - [`ThreadPool`]: splits rows across a fixed set of threads with microsecond per-call cost.
 //! - Kernels are chosen at run time ([`active_kernel`], env `TERNARY_KERNEL`); the scalar
 //!   reference defines correctness and every SIMD path matches it exactly.
@@ -15,6 +16,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod activations;
+mod attention;
 mod dispatch;
 mod error;
 mod format;
@@ -27,6 +29,7 @@ mod shared_out;
 mod x86_64;
 
 pub use activations::QuantizedActivations;
+pub use attention::{attention_scores, attention_values};
 pub use dispatch::{active_kernel, try_active_kernel, Kernel};
 pub use error::{FormatError, KernelError};
 pub use format::{decode, encode, ternarize_absmean, Decoded, WeightFormat, MAX_COLS};

@@ -601,3 +601,109 @@ pub(crate) unsafe fn quantize_row(input: &[f32], scale: f32, out: &mut [i8]) {
         *q = crate::activations::round_to_i8(v * scale);
     }
 }
+
+/// [`crate::attention::attention_scores`] on AVX2 + F16C: per key, its f16 values are
+/// converted 8 at a time and each query head accumulates `acc += q · k` in the 8 lanes the
+/// scalar `dot` uses; lanes are then added in order 0..8, the tail after them, as there.
+///
+/// # Safety
+/// AVX2 and F16C; shapes as checked by the safe wrapper.
+#[target_feature(enable = "avx2,f16c")]
+pub(crate) unsafe fn attention_scores(
+    queries: &[f32],
+    keys: &[u16],
+    head_dim: usize,
+    scale: f32,
+    scores: &mut [f32],
+    stride: usize,
+) {
+    let whole = head_dim / 8 * 8;
+    let mut stack = [0f32; crate::attention::STACK_HEAD_DIM];
+    let mut heap = Vec::new();
+    let key = crate::attention::head_buffer(&mut stack, &mut heap, head_dim);
+    for (j, bits) in keys.chunks_exact(head_dim).enumerate() {
+        for c in (0..whole).step_by(8) {
+            // SAFETY: c + 8 <= whole <= head_dim, the length of `bits` and `key`.
+            unsafe {
+                let h = _mm_loadu_si128(bits.as_ptr().add(c) as *const __m128i);
+                _mm256_storeu_ps(key.as_mut_ptr().add(c), _mm256_cvtph_ps(h));
+            }
+        }
+        for (k, &b) in key[whole..].iter_mut().zip(&bits[whole..]) {
+            *k = half::f16::from_bits(b).to_f32();
+        }
+        for (q, query) in queries.chunks_exact(head_dim).enumerate() {
+            let mut acc = _mm256_setzero_ps();
+            for c in (0..whole).step_by(8) {
+                // SAFETY: c + 8 <= whole <= head_dim for both rows.
+                let (a, b) = unsafe {
+                    (
+                        _mm256_loadu_ps(query.as_ptr().add(c)),
+                        _mm256_loadu_ps(key.as_ptr().add(c)),
+                    )
+                };
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(a, b));
+            }
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` holds 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+            let mut sum = 0.0;
+            for lane in lanes {
+                sum += lane;
+            }
+            for (x, y) in query[whole..].iter().zip(&key[whole..]) {
+                sum += x * y;
+            }
+            scores[q * stride + j] = sum * scale;
+        }
+    }
+}
+
+/// [`crate::attention::attention_values`] on AVX2 + F16C: each value is converted once and
+/// `out += w · v` is a multiply then an add per element, as in the scalar loop.
+///
+/// # Safety
+/// AVX2 and F16C; shapes as checked by the safe wrapper.
+#[target_feature(enable = "avx2,f16c")]
+pub(crate) unsafe fn attention_values(
+    weights: &[f32],
+    stride: usize,
+    values: &[u16],
+    head_dim: usize,
+    out: &mut [f32],
+) {
+    let whole = head_dim / 8 * 8;
+    let mut stack = [0f32; crate::attention::STACK_HEAD_DIM];
+    let mut heap = Vec::new();
+    let value = crate::attention::head_buffer(&mut stack, &mut heap, head_dim);
+    for (j, bits) in values.chunks_exact(head_dim).enumerate() {
+        for c in (0..whole).step_by(8) {
+            // SAFETY: c + 8 <= whole <= head_dim, the length of `bits` and `value`.
+            unsafe {
+                let h = _mm_loadu_si128(bits.as_ptr().add(c) as *const __m128i);
+                _mm256_storeu_ps(value.as_mut_ptr().add(c), _mm256_cvtph_ps(h));
+            }
+        }
+        for (v, &b) in value[whole..].iter_mut().zip(&bits[whole..]) {
+            *v = half::f16::from_bits(b).to_f32();
+        }
+        for (q, head_out) in out.chunks_exact_mut(head_dim).enumerate() {
+            let weight = _mm256_set1_ps(weights[q * stride + j]);
+            for c in (0..whole).step_by(8) {
+                // SAFETY: c + 8 <= whole <= head_dim for `head_out` and `value`.
+                unsafe {
+                    let o = head_out.as_mut_ptr().add(c);
+                    let v = _mm256_loadu_ps(value.as_ptr().add(c));
+                    _mm256_storeu_ps(
+                        o,
+                        _mm256_add_ps(_mm256_loadu_ps(o), _mm256_mul_ps(weight, v)),
+                    );
+                }
+            }
+            let w = weights[q * stride + j];
+            for (o, v) in head_out[whole..].iter_mut().zip(&value[whole..]) {
+                *o += w * v;
+            }
+        }
+    }
+}
