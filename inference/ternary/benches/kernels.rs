@@ -5,7 +5,7 @@
 //! against rayon.
 //!
 //! `cargo bench -p ternary --bench kernels`. Knobs: `BENCH_QUICK=1` (fewer sizes and reps, about
-//! a minute), `BENCH_THREADS=1,2`, `BENCH_OUTPUT=0` (skip the 128256-row output layer and the
+//! a minute), `BENCH_THREADS=1,2`, `BENCH_TOKENS=1,16` (batch sizes), `BENCH_OUTPUT=0` (skip the 128256-row output layer and the
 //! decode step), `BENCH_DECODE=0` (skip only the decode step), `TERNARY_KERNEL=...` (kernel family
 //! for the main table).
 
@@ -280,11 +280,10 @@ fn main() {
     let settings = Settings {
         decode: std::env::var("BENCH_DECODE").map_or(true, |v| v != "0"),
         threads: env_list("BENCH_THREADS", &[1, 2]),
-        tokens: if quick {
-            vec![1, 32]
-        } else {
-            vec![1, 8, 32, 128]
-        },
+        tokens: env_list(
+            "BENCH_TOKENS",
+            if quick { &[1, 32] } else { &[1, 8, 32, 128] },
+        ),
         output_layer: std::env::var("BENCH_OUTPUT").map_or(true, |v| v != "0"),
         mhz: nominal_mhz(),
     };
