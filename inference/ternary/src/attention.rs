@@ -39,11 +39,13 @@ pub fn attention_scores(
     scores: &mut [f32],
     stride: usize,
 ) {
-    let (heads, n) = shape(queries.len(), keys.len(), head_dim);
-    assert!(
-        stride >= n && (heads == 0 || scores.len() >= (heads - 1) * stride + n),
-        "attention_scores: {} scores for {heads} heads × {n} keys at stride {stride}",
-        scores.len()
+    check(
+        "scores",
+        queries.len(),
+        keys.len(),
+        head_dim,
+        scores.len(),
+        stride,
     );
     #[cfg(target_arch = "x86_64")]
     if avx2() {
@@ -68,11 +70,13 @@ pub fn attention_values(
     head_dim: usize,
     out: &mut [f32],
 ) {
-    let (heads, n) = shape(out.len(), values.len(), head_dim);
-    assert!(
-        stride >= n && (heads == 0 || weights.len() >= (heads - 1) * stride + n),
-        "attention_values: {} weights for {heads} heads × {n} values at stride {stride}",
-        weights.len()
+    check(
+        "values",
+        out.len(),
+        values.len(),
+        head_dim,
+        weights.len(),
+        stride,
     );
     #[cfg(target_arch = "x86_64")]
     if avx2() {
@@ -88,13 +92,19 @@ fn avx2() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c")
 }
 
-/// `(heads, positions)` of a query (or output) slice and a key (or value) slice.
-fn shape(per_head: usize, cached: usize, head_dim: usize) -> (usize, usize) {
+/// Checks the shapes both products share: `per_head` (queries or outputs) and `cached` (keys
+/// or values) are whole heads, and `table` (scores or weights) holds a row of `stride ≥ n` per
+/// head.
+fn check(what: &str, per_head: usize, cached: usize, head_dim: usize, table: usize, stride: usize) {
     assert!(
         head_dim > 0 && per_head.is_multiple_of(head_dim) && cached.is_multiple_of(head_dim),
-        "attention: {per_head} query values and {cached} cached values are not whole heads of {head_dim}"
+        "attention {what}: {per_head} query values and {cached} cached values are not whole heads of {head_dim}"
     );
-    (per_head / head_dim, cached / head_dim)
+    let (heads, n) = (per_head / head_dim, cached / head_dim);
+    assert!(
+        stride >= n && (heads == 0 || table >= (heads - 1) * stride + n),
+        "attention {what}: a table of {table} for {heads} heads × {n} positions at stride {stride}"
+    );
 }
 
 /// The reference dot product: 8 independent sums of products, added lane 0 first.

@@ -622,16 +622,7 @@ pub(crate) unsafe fn attention_scores(
     let mut heap = Vec::new();
     let key = crate::attention::head_buffer(&mut stack, &mut heap, head_dim);
     for (j, bits) in keys.chunks_exact(head_dim).enumerate() {
-        for c in (0..whole).step_by(8) {
-            // SAFETY: c + 8 <= whole <= head_dim, the length of `bits` and `key`.
-            unsafe {
-                let h = _mm_loadu_si128(bits.as_ptr().add(c) as *const __m128i);
-                _mm256_storeu_ps(key.as_mut_ptr().add(c), _mm256_cvtph_ps(h));
-            }
-        }
-        for (k, &b) in key[whole..].iter_mut().zip(&bits[whole..]) {
-            *k = half::f16::from_bits(b).to_f32();
-        }
+        f16_row_to_f32(bits, key);
         for (q, query) in queries.chunks_exact(head_dim).enumerate() {
             let mut acc = _mm256_setzero_ps();
             for c in (0..whole).step_by(8) {
@@ -659,6 +650,22 @@ pub(crate) unsafe fn attention_scores(
     }
 }
 
+/// `out = bits` as f32, 8 halves per `vcvtph2ps` (exact, as the scalar conversion).
+#[target_feature(enable = "avx2,f16c")]
+fn f16_row_to_f32(bits: &[u16], out: &mut [f32]) {
+    let whole = bits.len().min(out.len()) / 8 * 8;
+    for c in (0..whole).step_by(8) {
+        // SAFETY: c + 8 <= whole, within both slices.
+        unsafe {
+            let h = _mm_loadu_si128(bits.as_ptr().add(c) as *const __m128i);
+            _mm256_storeu_ps(out.as_mut_ptr().add(c), _mm256_cvtph_ps(h));
+        }
+    }
+    for (o, &b) in out[whole..].iter_mut().zip(&bits[whole..]) {
+        *o = half::f16::from_bits(b).to_f32();
+    }
+}
+
 /// [`crate::attention::attention_values`] on AVX2 + F16C: each value is converted once and
 /// `out += w · v` is a multiply then an add per element, as in the scalar loop.
 ///
@@ -677,16 +684,7 @@ pub(crate) unsafe fn attention_values(
     let mut heap = Vec::new();
     let value = crate::attention::head_buffer(&mut stack, &mut heap, head_dim);
     for (j, bits) in values.chunks_exact(head_dim).enumerate() {
-        for c in (0..whole).step_by(8) {
-            // SAFETY: c + 8 <= whole <= head_dim, the length of `bits` and `value`.
-            unsafe {
-                let h = _mm_loadu_si128(bits.as_ptr().add(c) as *const __m128i);
-                _mm256_storeu_ps(value.as_mut_ptr().add(c), _mm256_cvtph_ps(h));
-            }
-        }
-        for (v, &b) in value[whole..].iter_mut().zip(&bits[whole..]) {
-            *v = half::f16::from_bits(b).to_f32();
-        }
+        f16_row_to_f32(bits, value);
         for (q, head_out) in out.chunks_exact_mut(head_dim).enumerate() {
             let weight = _mm256_set1_ps(weights[q * stride + j]);
             for c in (0..whole).step_by(8) {
