@@ -4,14 +4,16 @@
 //!
 //! For each concurrency it reports two aggregate rates. *End to end* is completion tokens over
 //! the wall time from sending the requests to the last reply, so it includes every prompt's
-//! prefill. *Decode* is the marginal rate of generation: the same requests are sent again with
-//! twice the `max_tokens`, and the extra tokens are divided by the extra time, so the prefill
-//! (identical in both runs) cancels out, as llama.cpp's batched-bench separates prompt
-//! processing from generation. Prompts are built to a fixed number of tokens of the model's
-//! own tokenizer (`--prompt-tokens`), and the classify input to 64 tokens, so the figures do
-//! not depend on how finely a vocabulary splits the text.
+//! prefill. *Decode* leaves the prefills out: it divides the tokens generated after each
+//! sequence's first (which its prefill yields) by that wall time less the seconds the server
+//! spent in prefill passes (`acme_infer_prefill_seconds_total` from `/metrics`, read before and
+//! after), so HTTP, scheduling and sampling stay in, as llama.cpp's batched-bench separates
+//! prompt processing from generation. Prompts are built to a fixed number of tokens of the
+//! model's own tokenizer (`--prompt-tokens`), and the classify input to 64 tokens, so the
+//! figures do not depend on how finely a vocabulary splits the text. Each level runs
+//! `--repeat` times (in turn with the others) and the table shows medians with their range.
 //!
-//! `serve-bench [--model FILE | --size tiny|small|2b4t] [--tokens N] [--prompt-tokens N] [--streams 1,4,16] [--classify-runs N] [--threads N] [--int8-output]`
+//! `serve-bench [--model FILE | --size tiny|small|2b4t] [--tokens N] [--prompt-tokens N] [--streams 1,4,16] [--repeat N] [--classify-runs N] [--threads N] [--int8-output]`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,7 +28,7 @@ use server::{app, classification_prompt, AppState, ServerSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const USAGE: &str = "usage: serve-bench [--model FILE | --size tiny|small|2b4t] [--tokens N] [--prompt-tokens N] [--streams 1,4,16] [--classify-runs N] [--threads N] [--int8-output]";
+const USAGE: &str = "usage: serve-bench [--model FILE | --size tiny|small|2b4t] [--tokens N] [--prompt-tokens N] [--streams 1,4,16] [--repeat N] [--classify-runs N] [--threads N] [--int8-output]";
 /// Tokens of the classify request's input text (the "64-token input").
 const CLASSIFY_INPUT_TOKENS: usize = 64;
 /// Words the prompts and the classify input are cut from.
@@ -38,6 +40,7 @@ struct Args {
     tokens: usize,
     prompt_tokens: usize,
     streams: Vec<usize>,
+    repeat: usize,
     classify_runs: usize,
     threads: usize,
     int8_output: bool,
@@ -50,6 +53,7 @@ fn parse_args() -> Result<Args, String> {
         tokens: 64,
         prompt_tokens: 16,
         streams: vec![1, 4, 16],
+        repeat: 3,
         classify_runs: 50,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         int8_output: false,
@@ -71,6 +75,7 @@ fn parse_args() -> Result<Args, String> {
             "--size" => args.size = value()?,
             "--tokens" => args.tokens = number(value()?)?,
             "--prompt-tokens" => args.prompt_tokens = number(value()?)?,
+            "--repeat" => args.repeat = number(value()?)?,
             "--streams" => {
                 args.streams = value()?
                     .split(',')
@@ -130,8 +135,13 @@ fn status_of(head: &str) -> Result<u16, String> {
         .ok_or_else(|| "a response without a status".to_string())
 }
 
-/// One request; returns status and JSON body.
-async fn http(port: u16, method: &str, path: &str, body: &Value) -> Result<(u16, Value), String> {
+/// One request; returns status and body text.
+async fn http_text(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> Result<(u16, String), String> {
     let mut stream = send(port, method, path, body).await?;
     let mut response = Vec::new();
     stream
@@ -142,8 +152,31 @@ async fn http(port: u16, method: &str, path: &str, body: &Value) -> Result<(u16,
     let (head, payload) = text
         .split_once("\r\n\r\n")
         .ok_or("a response without a header end")?;
-    let json = serde_json::from_str(payload).map_err(|e| format!("{e}: {payload}"))?;
-    Ok((status_of(head)?, json))
+    Ok((status_of(head)?, payload.to_string()))
+}
+
+/// One request; returns status and JSON body.
+async fn http(port: u16, method: &str, path: &str, body: &Value) -> Result<(u16, Value), String> {
+    let (status, payload) = http_text(port, method, path, body).await?;
+    let json = serde_json::from_str(&payload).map_err(|e| format!("{e}: {payload}"))?;
+    Ok((status, json))
+}
+
+/// The value of an unlabelled sample `name` in the server's Prometheus text.
+async fn metric(port: u16, name: &str) -> Result<f64, String> {
+    let (status, text) = http_text(port, "GET", "/metrics", &Value::Null).await?;
+    if status != 200 {
+        return Err(format!("GET /metrics answered {status}"));
+    }
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .ok_or_else(|| format!("/metrics has no sample {name}"))
 }
 
 /// Text of exactly `tokens` tokens (without BOS) under `tokenizer` where the corpus allows,
@@ -222,19 +255,21 @@ async fn concurrent(
     tokenizer: &Tokenizer,
     streams: usize,
 ) -> Result<Rates, String> {
+    const PREFILL_SECONDS: &str = "acme_infer_prefill_seconds_total";
     let prompts: Vec<(String, usize)> = (0..streams)
         .map(|i| text_of_tokens(tokenizer, args.prompt_tokens, 3 * i))
         .collect();
     let texts: Vec<String> = prompts.iter().map(|(text, _)| text.clone()).collect();
-    let (short_tokens, short_wall) = completions(port, &texts, args.tokens).await?;
-    let (long_tokens, long_wall) = completions(port, &texts, 2 * args.tokens).await?;
-    let extra_time = long_wall - short_wall;
+    let prefill_before = metric(port, PREFILL_SECONDS).await?;
+    let (tokens, wall) = completions(port, &texts, args.tokens).await?;
+    let prefill = metric(port, PREFILL_SECONDS).await? - prefill_before;
+    let generating = wall - prefill;
     Ok(Rates {
-        completion_tokens: short_tokens,
+        completion_tokens: tokens,
         prompt_tokens: prompts.iter().map(|(_, n)| n).sum(),
-        end_to_end: short_tokens as f64 / short_wall,
-        decode: if extra_time > 0.0 {
-            long_tokens.saturating_sub(short_tokens) as f64 / extra_time
+        end_to_end: tokens as f64 / wall,
+        decode: if generating > 0.0 {
+            tokens.saturating_sub(streams) as f64 / generating
         } else {
             f64::NAN
         },
@@ -260,8 +295,7 @@ async fn run(args: Args) -> Result<(), String> {
         }
     };
     let state = AppState::new(ServerSettings {
-        // The decode rate's second run asks for twice the tokens.
-        max_tokens: 2 * args.tokens,
+        max_tokens: args.tokens,
         threads: args.threads,
         max_sequences: args.streams.iter().copied().max().unwrap_or(1),
         queue_capacity: 64,
@@ -298,29 +332,45 @@ async fn run(args: Args) -> Result<(), String> {
         args.prompt_tokens
     );
     println!(
-        "{:<16} {:>14} {:>8} {:>18} {:>14}",
+        "medians of {} repetitions (min-max); ratios of the medians against the first level",
+        args.repeat
+    );
+    println!(
+        "{:<16} {:>14} {:>8} {:>26} {:>26}",
         "streams", "prompt tokens", "tokens", "end to end tok/s", "decode tok/s"
     );
+    // Repetitions go round all concurrency levels in turn, so a slow spell of a shared
+    // machine spreads over every level instead of landing on one.
+    let mut runs: Vec<Vec<Rates>> = args.streams.iter().map(|_| Vec::new()).collect();
+    for _ in 0..args.repeat {
+        for (level, &streams) in args.streams.iter().enumerate() {
+            runs[level].push(concurrent(port, &args, &tokenizer, streams).await?);
+        }
+    }
+    let summary = |rates: &[Rates], pick: fn(&Rates) -> f64| {
+        let mut values: Vec<f64> = rates.iter().map(pick).collect();
+        values.sort_by(f64::total_cmp);
+        let median = values[values.len() / 2];
+        (median, values[0], values[values.len() - 1])
+    };
     let mut baseline: Option<(f64, f64)> = None;
-    for &streams in &args.streams {
-        let rates = concurrent(port, &args, &tokenizer, streams).await?;
+    for (rates, &streams) in runs.iter().zip(&args.streams) {
+        let (e2e, e2e_low, e2e_high) = summary(rates, |r| r.end_to_end);
+        let (decode, decode_low, decode_high) = summary(rates, |r| r.decode);
         let ratio = match baseline {
-            Some((e2e, decode)) => format!(
-                "  ({:.2}x / {:.2}x of {} stream)",
-                rates.end_to_end / e2e,
-                rates.decode / decode,
-                args.streams[0]
-            ),
+            Some((base_e2e, base_decode)) => {
+                format!("  {:.2}x / {:.2}x", e2e / base_e2e, decode / base_decode)
+            }
             None => String::new(),
         };
-        baseline.get_or_insert((rates.end_to_end, rates.decode));
+        baseline.get_or_insert((e2e, decode));
         println!(
-            "{:<16} {:>14} {:>8} {:>18.1} {:>14.1}{ratio}",
+            "{:<16} {:>14} {:>8} {:>26} {:>26}{ratio}",
             format!("{streams} concurrent"),
-            rates.prompt_tokens,
-            rates.completion_tokens,
-            rates.end_to_end,
-            rates.decode,
+            rates[0].prompt_tokens,
+            rates[0].completion_tokens,
+            format!("{e2e:.1} ({e2e_low:.1}-{e2e_high:.1})"),
+            format!("{decode:.1} ({decode_low:.1}-{decode_high:.1})"),
         );
     }
 
