@@ -5,7 +5,7 @@
 //! against rayon.
 //!
 //! `cargo bench -p ternary --bench kernels`. Knobs: `BENCH_QUICK=1` (fewer sizes and reps, about
-//! a minute), `BENCH_THREADS=1,2`, `BENCH_TOKENS=1,16` (batch sizes), `BENCH_OUTPUT=0` (skip the 128256-row output layer and the
+//! a minute), `BENCH_THREADS=1,2`, `BENCH_TOKENS=1,16` (batch sizes, output layer included), `BENCH_OUTPUT=0` (skip the 128256-row output layer and the
 //! decode step), `BENCH_DECODE=0` (skip only the decode step), `TERNARY_KERNEL=...` (kernel family
 //! for the main table).
 
@@ -275,6 +275,68 @@ fn random_ternary(rng: &mut Rng, rows: usize, cols: usize) -> TernaryMatrix {
     TernaryMatrix::from_ternary(&values, rows, cols, 0.02).expect("benchmark shapes are valid")
 }
 
+/// The compute ceiling the GEMM figures are judged against: independent 512-bit `vpdpbusd`
+/// (64 int8 MACs each) and `vfmadd` (16 f32 MACs) chains on one core, timed, so the ceiling is
+/// measured at the clock the core really runs rather than the nominal one.
+fn instruction_peak() -> Option<String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")) {
+            return None;
+        }
+        const CHAINS: usize = 12;
+        const ROUNDS: usize = 20_000_000;
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+        fn dpbusd(rounds: usize) -> i32 {
+            let (a, b) = (_mm512_set1_epi8(1), _mm512_set1_epi8(black_box(2)));
+            let mut acc = [_mm512_setzero_si512(); CHAINS];
+            for _ in 0..rounds {
+                for lane in &mut acc {
+                    *lane = _mm512_dpbusd_epi32(*lane, a, b);
+                }
+            }
+            _mm512_reduce_add_epi32(
+                acc.iter()
+                    .fold(_mm512_setzero_si512(), |s, v| _mm512_add_epi32(s, *v)),
+            )
+        }
+        #[target_feature(enable = "avx512f")]
+        fn fmadd(rounds: usize) -> f32 {
+            let (a, b) = (_mm512_set1_ps(black_box(0.999)), _mm512_set1_ps(0.001));
+            let mut acc = [_mm512_setzero_ps(); CHAINS];
+            for _ in 0..rounds {
+                for lane in &mut acc {
+                    *lane = _mm512_fmadd_ps(*lane, a, b);
+                }
+            }
+            _mm512_reduce_add_ps(
+                acc.iter()
+                    .fold(_mm512_setzero_ps(), |s, v| _mm512_add_ps(s, *v)),
+            )
+        }
+        let rate = |run: &dyn Fn()| {
+            let start = Instant::now();
+            run();
+            (CHAINS * ROUNDS) as f64 / start.elapsed().as_secs_f64() / 1e9
+        };
+        // SAFETY: both target features were detected above.
+        let int8 = rate(&|| {
+            black_box(unsafe { dpbusd(ROUNDS) });
+        });
+        let f32 = rate(&|| {
+            black_box(unsafe { fmadd(ROUNDS) });
+        });
+        Some(format!(
+            "instruction peak, one core: vpdpbusd zmm {int8:.2} G/s = {:.0} G int8 MAC/s; vfmadd zmm {f32:.2} G/s = {:.0} G f32 MAC/s",
+            int8 * 64.0,
+            f32 * 16.0
+        ))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
 fn main() {
     let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v != "0");
     let settings = Settings {
@@ -309,6 +371,9 @@ fn main() {
             "streaming read (sum of 512 MiB), {} thread(s): median {:.1} GB/s, best {:.1} GB/s",
             b.threads, b.median, b.best
         );
+    }
+    if let Some(line) = instruction_peak() {
+        println!("{line}");
     }
     println!("GEMV (N=1) streams {} MiB of copies of each matrix so weights come from DRAM; GEMM (N>1) reuses one copy.\n", STREAM_BYTES >> 20);
 
@@ -363,7 +428,13 @@ fn main() {
         let f16 = OutputMatrix::from_f16_bytes(&bits, VOCAB, HIDDEN).expect("valid shape");
         drop(bits);
         let int8 = f16.to_int8();
-        let tokens_list: Vec<usize> = if quick { vec![1] } else { vec![1, 8] };
+        let tokens_list: Vec<usize> = if std::env::var_os("BENCH_TOKENS").is_some() {
+            settings.tokens.clone()
+        } else if quick {
+            vec![1]
+        } else {
+            vec![1, 8]
+        };
         for (label, matrix) in [("f16", &f16), ("int8 q8", &int8)] {
             for &tokens in &tokens_list {
                 let x: Vec<f32> = (0..tokens * HIDDEN).map(|_| rng.unit()).collect();
