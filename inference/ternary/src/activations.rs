@@ -1,6 +1,7 @@
 //! Activations quantised to int8 per token (absmax), laid out for the kernels: each token's row is
 //! padded with zeros to a whole number of 128-element chunks and starts 64-byte aligned.
 
+use crate::dispatch::{active_or_scalar_table, KernelTable};
 use crate::error::FormatError;
 use crate::format::CHUNK;
 
@@ -9,7 +10,6 @@ const ALIGN: usize = 64;
 const ROUNDING_MAGIC: f32 = 12_582_912.0;
 
 /// max |v|, in 8 independent lanes so that the loop vectorises; NaNs are ignored.
-#[inline(always)]
 fn absmax(values: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     let mut chunks = values.chunks_exact(8);
@@ -22,35 +22,32 @@ fn absmax(values: &[f32]) -> f32 {
     lanes.iter().fold(tail, |m, &v| m.max(v))
 }
 
-/// Round half to even and saturate to i8, as `round_ties_even().clamp(-128, 127)` but without
-/// the libm call that costs on baseline x86-64: |v| ≤ 127.00002 here (v = x·127/max|x|), far
-/// inside the range where the magic-number trick is exact. NaN becomes 0.
 /// Quantises `input` into `out[..input.len()]` with its absmax scale and returns the scale.
-fn quantize_row(input: &[f32], out: &mut [i8]) -> f32 {
+fn quantize_row(table: &KernelTable, input: &[f32], out: &mut [i8]) -> f32 {
     let scale = 127.0 / absmax(input).max(1e-5);
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was detected just above; `out` holds a padded row of at least `input.len()`.
-        unsafe { crate::x86_64::avx2::quantize_row(input, scale, out) };
-        return scale;
-    }
-    quantize_row_scalar(input, scale, out);
+    (table.quantize_row)(input, scale, out);
     scale
 }
 
 /// The reference rule the SIMD version must equal: round half to even, clamp, NaN → 0.
-fn quantize_row_scalar(input: &[f32], scale: f32, out: &mut [i8]) {
+pub(crate) fn quantize_row_scalar(input: &[f32], scale: f32, out: &mut [i8]) {
+    assert!(
+        out.len() >= input.len(),
+        "quantize_row: output shorter than input"
+    );
     for (q, &v) in out.iter_mut().zip(input) {
         *q = round_to_i8(v * scale);
     }
 }
 
+/// Round half to even and saturate to i8, as `round_ties_even().clamp(-128, 127)` but without
+/// the libm call that costs on baseline x86-64: |v| ≤ 127.00002 here (v = x·127/max|x|), far
+/// inside the range where the magic-number trick is exact. NaN becomes 0.
 pub(crate) fn round_to_i8(v: f32) -> i8 {
     round_half_even(v).clamp(-128.0, 127.0) as i8
 }
 
 /// Round half to even for |v| < 2^22 (NaN stays NaN).
-#[inline(always)]
 pub(crate) fn round_half_even(v: f32) -> f32 {
     (v + ROUNDING_MAGIC) - ROUNDING_MAGIC
 }
@@ -110,9 +107,10 @@ impl QuantizedActivations {
         self.sums.clear();
         self.chunk_sums.clear();
         let offset = self.offset;
+        let table = active_or_scalar_table();
         for (token, input) in x.chunks_exact(cols).enumerate() {
             let row = &mut self.storage[offset + token * stride..offset + (token + 1) * stride];
-            let scale = quantize_row(input, row);
+            let scale = quantize_row(&table, input, row);
             row[cols..].fill(0);
             let mut total = 0i32;
             for chunk in row.chunks_exact(CHUNK) {
@@ -249,12 +247,15 @@ mod tests {
 
     #[test]
     fn the_simd_row_quantisation_equals_the_scalar_rule() {
-        for input in inputs() {
-            let mut simd = vec![0x55i8; input.len()];
-            let mut scalar = vec![0x55i8; input.len()];
-            let scale = quantize_row(&input, &mut simd);
-            quantize_row_scalar(&input, scale, &mut scalar);
-            assert_eq!(simd, scalar, "input {input:?}");
+        for kernel in crate::Kernel::available() {
+            let table = crate::dispatch::table_for(kernel).unwrap();
+            for input in inputs() {
+                let mut simd = vec![0x55i8; input.len()];
+                let mut scalar = vec![0x55i8; input.len()];
+                let scale = quantize_row(&table, &input, &mut simd);
+                quantize_row_scalar(&input, scale, &mut scalar);
+                assert_eq!(simd, scalar, "{kernel}, input {input:?}");
+            }
         }
     }
 }

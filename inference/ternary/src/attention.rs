@@ -4,6 +4,7 @@
 //! scalar reference's operations lane for lane (multiply, then add, in 8 independent sums,
 //! reduced in the same order), so it equals it exactly.
 
+use crate::dispatch::active_or_scalar_table;
 use half::f16;
 
 /// Lanes of the scalar reference's dot product; the AVX2 path keeps one lane per sum.
@@ -39,23 +40,7 @@ pub fn attention_scores(
     scores: &mut [f32],
     stride: usize,
 ) {
-    check(
-        "scores",
-        queries.len(),
-        keys.len(),
-        head_dim,
-        scores.len(),
-        stride,
-    );
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: AVX2 and F16C detected; the shapes were checked above.
-        unsafe {
-            crate::x86_64::avx2::attention_scores(queries, keys, head_dim, scale, scores, stride)
-        };
-        return;
-    }
-    scores_scalar(queries, keys, head_dim, scale, scores, stride);
+    (active_or_scalar_table().attention_scores)(queries, keys, head_dim, scale, scores, stride);
 }
 
 /// `out[q] += Σ_j weights[q * stride + j] · values[j]` for every query head `q` of `out`
@@ -70,32 +55,20 @@ pub fn attention_values(
     head_dim: usize,
     out: &mut [f32],
 ) {
-    check(
-        "values",
-        out.len(),
-        values.len(),
-        head_dim,
-        weights.len(),
-        stride,
-    );
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: AVX2 and F16C detected; the shapes were checked above.
-        unsafe { crate::x86_64::avx2::attention_values(weights, stride, values, head_dim, out) };
-        return;
-    }
-    values_scalar(weights, stride, values, head_dim, out);
-}
-
-#[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c")
+    (active_or_scalar_table().attention_values)(weights, stride, values, head_dim, out);
 }
 
 /// Checks the shapes both products share: `per_head` (queries or outputs) and `cached` (keys
 /// or values) are whole heads, and `table` (scores or weights) holds a row of `stride ≥ n` per
 /// head.
-fn check(what: &str, per_head: usize, cached: usize, head_dim: usize, table: usize, stride: usize) {
+pub(crate) fn check(
+    what: &str,
+    per_head: usize,
+    cached: usize,
+    head_dim: usize,
+    table: usize,
+    stride: usize,
+) {
     assert!(
         head_dim > 0 && per_head.is_multiple_of(head_dim) && cached.is_multiple_of(head_dim),
         "attention {what}: {per_head} query values and {cached} cached values are not whole heads of {head_dim}"
@@ -137,6 +110,14 @@ pub(crate) fn scores_scalar(
     scores: &mut [f32],
     stride: usize,
 ) {
+    check(
+        "scores",
+        queries.len(),
+        keys.len(),
+        head_dim,
+        scores.len(),
+        stride,
+    );
     let (mut stack, mut heap) = ([0f32; STACK_HEAD_DIM], Vec::new());
     let key = head_buffer(&mut stack, &mut heap, head_dim);
     for (j, bits) in keys.chunks_exact(head_dim).enumerate() {
@@ -156,6 +137,14 @@ pub(crate) fn values_scalar(
     head_dim: usize,
     out: &mut [f32],
 ) {
+    check(
+        "values",
+        out.len(),
+        values.len(),
+        head_dim,
+        weights.len(),
+        stride,
+    );
     let (mut stack, mut heap) = ([0f32; STACK_HEAD_DIM], Vec::new());
     let value = head_buffer(&mut stack, &mut heap, head_dim);
     for (j, bits) in values.chunks_exact(head_dim).enumerate() {
@@ -192,41 +181,44 @@ mod tests {
     }
 
     #[test]
-    fn simd_attention_equals_the_scalar_reference_exactly() {
-        for (head_dim, heads, n) in [
-            (128, 4, 1),
-            (128, 4, 67),
-            (64, 2, 9),
-            (8, 1, 3),
-            (12, 3, 5),
-            (3, 2, 4),
-        ] {
-            let queries = floats(heads * head_dim, 7 + n as u64);
-            let keys = halves(&floats(n * head_dim, 11));
-            let stride = n + 3;
-            let mut simd = vec![f32::NAN; heads * stride];
-            let mut scalar = simd.clone();
-            attention_scores(&queries, &keys, head_dim, 0.125, &mut simd, stride);
-            scores_scalar(&queries, &keys, head_dim, 0.125, &mut scalar, stride);
-            for q in 0..heads {
-                let (a, b) = (&simd[q * stride..][..n], &scalar[q * stride..][..n]);
+    fn every_kernel_family_equals_the_scalar_reference_exactly() {
+        for kernel in crate::Kernel::available() {
+            let table = crate::dispatch::table_for(kernel).unwrap();
+            for (head_dim, heads, n) in [
+                (128, 4, 1),
+                (128, 4, 67),
+                (64, 2, 9),
+                (8, 1, 3),
+                (12, 3, 5),
+                (3, 2, 4),
+            ] {
+                let queries = floats(heads * head_dim, 7 + n as u64);
+                let keys = halves(&floats(n * head_dim, 11));
+                let stride = n + 3;
+                let mut simd = vec![f32::NAN; heads * stride];
+                let mut scalar = simd.clone();
+                (table.attention_scores)(&queries, &keys, head_dim, 0.125, &mut simd, stride);
+                scores_scalar(&queries, &keys, head_dim, 0.125, &mut scalar, stride);
+                for q in 0..heads {
+                    let (a, b) = (&simd[q * stride..][..n], &scalar[q * stride..][..n]);
+                    assert_eq!(
+                        a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{kernel} scores, head_dim {head_dim}, head {q}"
+                    );
+                }
+                let weights = floats(heads * stride, 5);
+                let values = halves(&floats(n * head_dim, 13));
+                let mut simd = floats(heads * head_dim, 17);
+                let mut scalar = simd.clone();
+                (table.attention_values)(&weights, stride, &values, head_dim, &mut simd);
+                values_scalar(&weights, stride, &values, head_dim, &mut scalar);
                 assert_eq!(
-                    a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                    b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                    "scores, head_dim {head_dim}, head {q}"
+                    simd.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    scalar.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{kernel} values, head_dim {head_dim}"
                 );
             }
-            let weights = floats(heads * stride, 5);
-            let values = halves(&floats(n * head_dim, 13));
-            let mut simd = floats(heads * head_dim, 17);
-            let mut scalar = simd.clone();
-            attention_values(&weights, stride, &values, head_dim, &mut simd);
-            values_scalar(&weights, stride, &values, head_dim, &mut scalar);
-            assert_eq!(
-                simd.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                scalar.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                "values, head_dim {head_dim}"
-            );
         }
     }
 

@@ -33,6 +33,22 @@ pub(crate) type F32DotFn = fn(w: &[f32], x: &[f32]) -> f32;
 pub(crate) type Q8RowsFn =
     fn(w: &[i8], w_scales: &[f32], x: &[i8], x_scales: &[f32], tokens: usize, out: &mut [f32]);
 
+/// `out[i] = round_half_even(input[i] · scale)` saturated to i8, NaN → 0, for `i < input.len()`;
+/// `out` is at least as long as `input`. Every ISA gives the same bits.
+pub(crate) type QuantizeRowFn = fn(input: &[f32], scale: f32, out: &mut [i8]);
+/// See [`crate::attention_scores`]; every ISA gives the same bits.
+pub(crate) type AttentionScoresFn = fn(
+    queries: &[f32],
+    keys: &[u16],
+    head_dim: usize,
+    scale: f32,
+    scores: &mut [f32],
+    stride: usize,
+);
+/// See [`crate::attention_values`]; every ISA gives the same bits.
+pub(crate) type AttentionValuesFn =
+    fn(weights: &[f32], stride: usize, values: &[u16], head_dim: usize, out: &mut [f32]);
+
 /// Checks the arguments of an f16 row kernel; SIMD kernels rely on it for memory safety.
 pub(crate) fn check_strided_rows(
     cols: usize,
@@ -115,6 +131,9 @@ pub(crate) struct KernelTable {
     pub f16_block: F16BlockFn,
     pub f32_dot: F32DotFn,
     pub q8_rows: Q8RowsFn,
+    pub quantize_row: QuantizeRowFn,
+    pub attention_scores: AttentionScoresFn,
+    pub attention_values: AttentionValuesFn,
 }
 
 impl fmt::Debug for KernelTable {
@@ -230,6 +249,9 @@ fn scalar_table() -> KernelTable {
         f16_block: crate::scalar::f16_block,
         f32_dot: crate::scalar::f32_dot,
         q8_rows: crate::scalar::q8_rows,
+        quantize_row: crate::activations::quantize_row_scalar,
+        attention_scores: crate::attention::scores_scalar,
+        attention_values: crate::attention::values_scalar,
     }
 }
 
@@ -304,6 +326,13 @@ pub(crate) fn active_table() -> Result<KernelTable, KernelError> {
             _ => Ok(best_table()),
         })
         .clone()
+}
+
+/// The active table, or the scalar one when `TERNARY_KERNEL` names an unavailable family, for
+/// the free functions (activation quantisation, attention) that have no constructor to refuse
+/// with; every family gives them the same bits.
+pub(crate) fn active_or_scalar_table() -> KernelTable {
+    active_table().unwrap_or_else(|_| scalar_table())
 }
 
 /// The kernel family in use, or why the one requested by `TERNARY_KERNEL` cannot be used.

@@ -30,6 +30,9 @@ pub(crate) fn install(_scalar: KernelTable) -> Option<KernelTable> {
         f16_block,
         f32_dot,
         q8_rows,
+        quantize_row,
+        attention_scores,
+        attention_values,
     })
 }
 
@@ -565,6 +568,15 @@ unsafe fn q8_rows_avx2<const T: usize>(
     acc.map(|[low, high]| hsum_f32(_mm256_add_ps(low, high)))
 }
 
+fn quantize_row(input: &[f32], scale: f32, out: &mut [i8]) {
+    assert!(
+        out.len() >= input.len(),
+        "quantize_row: output shorter than input"
+    );
+    // SAFETY: installed only after detecting AVX2; lengths checked above.
+    unsafe { quantize_row_avx2(input, scale, out) }
+}
+
 /// `out[i] = round_half_even(input[i] · scale)` saturated to i8, NaN → 0: the scalar
 /// [`crate::activations`] rule, 32 values per step. `vcvtps2dq` rounds half to even under the
 /// default MXCSR, as the scalar magic-number rounding does for |v| < 2^22, and the saturating
@@ -573,11 +585,7 @@ unsafe fn q8_rows_avx2<const T: usize>(
 /// # Safety
 /// AVX2; `out.len() >= input.len()`.
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn quantize_row(input: &[f32], scale: f32, out: &mut [i8]) {
-    assert!(
-        out.len() >= input.len(),
-        "quantize_row: output shorter than input"
-    );
+unsafe fn quantize_row_avx2(input: &[f32], scale: f32, out: &mut [i8]) {
     let factor = _mm256_set1_ps(scale);
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     let whole = input.len() / 32 * 32;
@@ -602,14 +610,53 @@ pub(crate) unsafe fn quantize_row(input: &[f32], scale: f32, out: &mut [i8]) {
     }
 }
 
+fn attention_scores(
+    queries: &[f32],
+    keys: &[u16],
+    head_dim: usize,
+    scale: f32,
+    scores: &mut [f32],
+    stride: usize,
+) {
+    crate::attention::check(
+        "scores",
+        queries.len(),
+        keys.len(),
+        head_dim,
+        scores.len(),
+        stride,
+    );
+    // SAFETY: installed only after detecting AVX2 and F16C; shapes checked above.
+    unsafe { attention_scores_avx2(queries, keys, head_dim, scale, scores, stride) }
+}
+
+fn attention_values(
+    weights: &[f32],
+    stride: usize,
+    values: &[u16],
+    head_dim: usize,
+    out: &mut [f32],
+) {
+    crate::attention::check(
+        "values",
+        out.len(),
+        values.len(),
+        head_dim,
+        weights.len(),
+        stride,
+    );
+    // SAFETY: installed only after detecting AVX2 and F16C; shapes checked above.
+    unsafe { attention_values_avx2(weights, stride, values, head_dim, out) }
+}
+
 /// [`crate::attention::attention_scores`] on AVX2 + F16C: per key, its f16 values are
 /// converted 8 at a time and each query head accumulates `acc += q · k` in the 8 lanes the
 /// scalar `dot` uses; lanes are then added in order 0..8, the tail after them, as there.
 ///
 /// # Safety
-/// AVX2 and F16C; shapes as checked by the safe wrapper.
+/// AVX2 and F16C; shapes as [`crate::attention::check`] accepts them.
 #[target_feature(enable = "avx2,f16c")]
-pub(crate) unsafe fn attention_scores(
+unsafe fn attention_scores_avx2(
     queries: &[f32],
     keys: &[u16],
     head_dim: usize,
@@ -670,9 +717,9 @@ fn f16_row_to_f32(bits: &[u16], out: &mut [f32]) {
 /// `out += w · v` is a multiply then an add per element, as in the scalar loop.
 ///
 /// # Safety
-/// AVX2 and F16C; shapes as checked by the safe wrapper.
+/// AVX2 and F16C; shapes as [`crate::attention::check`] accepts them.
 #[target_feature(enable = "avx2,f16c")]
-pub(crate) unsafe fn attention_values(
+unsafe fn attention_values_avx2(
     weights: &[f32],
     stride: usize,
     values: &[u16],
