@@ -14,14 +14,24 @@ pub(crate) const TILE_ROWS: usize = 4;
 /// Σ code·x for the 4 rows of a tile against `tokens` activation rows:
 /// `out[t*4 + r] = Σ_k code(r, k) · x[t*x_stride + k]` for `k < tile.len()`.
 /// The tile is `tile.len() / 128` chunks, each 4 rows × 32 bytes of codes in internal order.
+/// `ahead` is weights a later call will read (empty for none): a kernel may pull them into cache
+/// while it computes. It never changes the result.
 pub(crate) type TernaryTileFn =
-    fn(tile: &[u8], x: &[i8], x_stride: usize, tokens: usize, out: &mut [i32]);
+    fn(tile: &[u8], x: &[i8], x_stride: usize, tokens: usize, out: &mut [i32], ahead: &[u8]);
 /// Σ w·x of `rows` consecutive f16 rows (raw bits, `w.len() / rows` values each) with each of
 /// `tokens` f32 activation rows, token t starting at `x[t * x_stride]`: `out[r * tokens + t]`.
 /// Several rows per call let a kernel use one activation load for several rows, which is what
-/// bounds the batched output layer. Float sums; the order may differ between ISAs.
-pub(crate) type F16BlockFn =
-    fn(w: &[u16], rows: usize, x: &[f32], x_stride: usize, tokens: usize, out: &mut [f32]);
+/// bounds the batched output layer. Float sums; the order may differ between ISAs. `ahead` is
+/// as for [`TernaryTileFn`].
+pub(crate) type F16BlockFn = fn(
+    w: &[u16],
+    rows: usize,
+    x: &[f32],
+    x_stride: usize,
+    tokens: usize,
+    out: &mut [f32],
+    ahead: &[u16],
+);
 /// Σ w·x for f32 rows of equal length.
 pub(crate) type F32DotFn = fn(w: &[f32], x: &[f32]) -> f32;
 /// One int8 row (blocks of `Q8_BLOCK` values, the last possibly shorter, scales `w_scales`)

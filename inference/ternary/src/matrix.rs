@@ -18,6 +18,9 @@ use crate::shared_out::SharedOut;
 const SCALE_BLOCK: usize = 256;
 /// Tokens handed to one kernel call; bounds the stack buffer of integer sums.
 const TOKEN_BATCH: usize = 16;
+/// How many tiles ahead of the one being computed the kernel prefetches: one tile's worth of
+/// compute is too short to hide a DRAM access, two is enough.
+const PREFETCH_TILES: usize = 2;
 /// A code byte holding four zero weights (code 1 in every field), used for padding rows.
 const ZERO_CODES: u8 = 0b0101_0101;
 
@@ -257,8 +260,18 @@ impl TernaryMatrix {
         let (rows, cols, stride) = (self.rows, self.cols, x.stride());
         let data = x.data();
         let mut sums = [0i32; TILE_ROWS * TOKEN_BATCH];
+        let last_tile = tiles.end;
         for tile in tiles {
             let codes = &self.tiles[tile * cols..(tile + 1) * cols];
+            // Only the first batch of tokens reads the tile from memory.
+            let ahead_tile = tile + PREFETCH_TILES;
+            let ahead = |first_token: usize, range: std::ops::Range<usize>| {
+                if first_token == 0 && ahead_tile < last_tile {
+                    &self.tiles[ahead_tile * cols..][range]
+                } else {
+                    &[]
+                }
+            };
             let first_row = tile * TILE_ROWS;
             let rows_here = TILE_ROWS.min(end_row - first_row);
             for first_token in (0..x.tokens()).step_by(TOKEN_BATCH) {
@@ -267,7 +280,14 @@ impl TernaryMatrix {
                 let sums = &mut sums[..tokens * TILE_ROWS];
                 match &self.scales {
                     Scales::PerTensor(scale) => {
-                        (table.ternary_tile)(codes, xs, stride, tokens, sums);
+                        (table.ternary_tile)(
+                            codes,
+                            xs,
+                            stride,
+                            tokens,
+                            sums,
+                            ahead(first_token, 0..cols),
+                        );
                         for t in 0..tokens {
                             let token = first_token + t;
                             let factor = scale / x.scale(token);
@@ -292,6 +312,7 @@ impl TernaryMatrix {
                                 stride,
                                 tokens,
                                 sums,
+                                ahead(first_token, range.clone()),
                             );
                             let chunk = block * SCALE_BLOCK / CHUNK;
                             for t in 0..tokens {

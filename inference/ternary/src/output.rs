@@ -17,6 +17,9 @@ const TOKEN_BATCH: usize = 16;
 
 /// F16 rows handed to one block kernel call, so one activation load can serve several rows.
 const F16_ROW_GROUP: usize = 4;
+/// How many row groups ahead of the one being computed the F16 kernel prefetches: one group's
+/// worth of compute is too short to hide a DRAM access, two is enough.
+const PREFETCH_GROUPS: usize = 2;
 
 /// Values per int8 block, each with its own scale; the last block of a row may be shorter.
 pub const Q8_BLOCK: usize = 256;
@@ -270,13 +273,29 @@ impl OutputMatrix {
             while first_row < row_range.end {
                 let group = group_rows.min(row_range.end - first_row);
                 let range = first_row * cols..(first_row + group) * cols;
+                let ahead_start = (first_row + PREFETCH_GROUPS * group).min(row_range.end);
+                let ahead_rows = ahead_start..(ahead_start + group).min(row_range.end);
                 for first in (0..tokens).step_by(TOKEN_BATCH) {
                     let count = TOKEN_BATCH.min(tokens - first);
                     let values = &mut values[..group * count];
                     let xs = first * cols..(first + count) * cols;
                     match (&self.storage, &quantized) {
                         (Storage::F16(w), _) => {
-                            (table.f16_block)(&w[range.clone()], group, &x[xs], cols, count, values)
+                            // Only the first batch of tokens reads the rows from memory.
+                            let ahead = if first == 0 {
+                                &w[ahead_rows.start * cols..ahead_rows.end * cols]
+                            } else {
+                                &[]
+                            };
+                            (table.f16_block)(
+                                &w[range.clone()],
+                                group,
+                                &x[xs],
+                                cols,
+                                count,
+                                values,
+                                ahead,
+                            )
                         }
                         (Storage::F32(w), _) => {
                             for (t, value) in values.iter_mut().enumerate() {

@@ -7,8 +7,15 @@ use crate::format::{CHUNK, CHUNK_BYTES};
 use crate::output::Q8_BLOCK;
 use half::f16;
 
-/// See [`crate::dispatch::TernaryTileFn`].
-pub(crate) fn ternary_tile(tile: &[u8], x: &[i8], x_stride: usize, tokens: usize, out: &mut [i32]) {
+/// See [`crate::dispatch::TernaryTileFn`]. The reference reads no further than its own tile.
+pub(crate) fn ternary_tile(
+    tile: &[u8],
+    x: &[i8],
+    x_stride: usize,
+    tokens: usize,
+    out: &mut [i32],
+    _ahead: &[u8],
+) {
     crate::dispatch::check_tile_args(tile, x, x_stride, tokens, out);
     let k = tile.len();
     for token in 0..tokens {
@@ -37,7 +44,7 @@ pub(crate) fn f16_dot(w: &[u16], x: &[f32]) -> f32 {
         .sum()
 }
 
-/// See [`crate::dispatch::F16BlockFn`].
+/// See [`crate::dispatch::F16BlockFn`]. The reference reads no further than its own rows.
 pub(crate) fn f16_block(
     w: &[u16],
     rows: usize,
@@ -45,6 +52,7 @@ pub(crate) fn f16_block(
     x_stride: usize,
     tokens: usize,
     out: &mut [f32],
+    _ahead: &[u16],
 ) {
     let cols =
         crate::dispatch::check_block_args(w.len(), rows, x.len(), x_stride, tokens, out.len());

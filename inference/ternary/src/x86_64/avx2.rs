@@ -14,6 +14,7 @@ use crate::dispatch::{
 use crate::format::{CHUNK, CHUNK_BYTES};
 use crate::output::Q8_BLOCK;
 use crate::scalar::{q8_block_lanes, Q8_LANES};
+use crate::x86_64::PrefetchL2;
 use std::arch::x86_64::*;
 
 /// Chunks summed in int16 before widening to int32; see the module comment.
@@ -36,11 +37,18 @@ pub(crate) fn install(_scalar: KernelTable) -> Option<KernelTable> {
     })
 }
 
-fn ternary_tile(tile: &[u8], x: &[i8], x_stride: usize, tokens: usize, out: &mut [i32]) {
+fn ternary_tile(
+    tile: &[u8],
+    x: &[i8],
+    x_stride: usize,
+    tokens: usize,
+    out: &mut [i32],
+    ahead: &[u8],
+) {
     check_tile_args(tile, x, x_stride, tokens, out);
     // SAFETY: `install` put this function in a table only after detecting AVX2, and
     // `check_tile_args` proved every access below in bounds.
-    unsafe { ternary_tile_avx2(tile, x, x_stride, tokens, out) }
+    unsafe { ternary_tile_avx2(tile, x, x_stride, tokens, out, ahead) }
 }
 
 /// Extracts the 32 codes of element group `$group` (0..=3) from 32 packed bytes.
@@ -68,8 +76,13 @@ unsafe fn ternary_tile_avx2(
     x_stride: usize,
     tokens: usize,
     out: &mut [i32],
+    ahead: &[u8],
 ) {
     let chunks = tile.len() / CHUNK;
+    // One step per chunk of the first pass over the tile (two calls of two rows each when
+    // tokens come in fours), the pass that reads it from memory.
+    let first_pass_calls = if tokens >= 4 { 2 } else { 1 };
+    let mut prefetch = PrefetchL2::new(ahead, first_pass_calls * chunks);
     let mut token = 0;
     while token + 4 <= tokens {
         let starts: [*const i8; 4] = std::array::from_fn(|t| x[(token + t) * x_stride..].as_ptr());
@@ -77,7 +90,12 @@ unsafe fn ternary_tile_avx2(
             // SAFETY: tokens `token..token + 4` exist, each with `chunks * CHUNK` values after its
             // start; rows `first_row` and `first_row + 1` are inside each chunk of the tile.
             let sums = unsafe {
-                rows2_tokens4(tile.as_ptr().add(first_row * CHUNK_BYTES), starts, chunks)
+                rows2_tokens4(
+                    tile.as_ptr().add(first_row * CHUNK_BYTES),
+                    starts,
+                    chunks,
+                    &mut prefetch,
+                )
             };
             for (t, pair) in sums.iter().enumerate() {
                 out[(token + t) * TILE_ROWS + first_row..][..2].copy_from_slice(pair);
@@ -93,6 +111,7 @@ unsafe fn ternary_tile_avx2(
                 x.as_ptr().add(token * x_stride),
                 x.as_ptr().add((token + 1) * x_stride),
                 chunks,
+                &mut prefetch,
             )
         };
         out[token * TILE_ROWS..(token + 2) * TILE_ROWS].copy_from_slice(&sums);
@@ -100,7 +119,14 @@ unsafe fn ternary_tile_avx2(
     }
     if token < tokens {
         // SAFETY: as above, for the last token.
-        let sums = unsafe { rows4_token1(tile.as_ptr(), x.as_ptr().add(token * x_stride), chunks) };
+        let sums = unsafe {
+            rows4_token1(
+                tile.as_ptr(),
+                x.as_ptr().add(token * x_stride),
+                chunks,
+                &mut prefetch,
+            )
+        };
         out[token * TILE_ROWS..(token + 1) * TILE_ROWS].copy_from_slice(&sums);
     }
 }
@@ -113,7 +139,13 @@ unsafe fn ternary_tile_avx2(
 /// AVX2; `w` points at the first row's group in a tile of `chunks * 128` bytes (rows advance by
 /// 32 bytes, chunks by 128), each `x` at `chunks * 128` values.
 #[target_feature(enable = "avx2")]
-unsafe fn rows2_tokens4(w: *const u8, x: [*const i8; 4], chunks: usize) -> [[i32; 2]; 4] {
+unsafe fn rows2_tokens4(
+    w: *const u8,
+    x: [*const i8; 4],
+    chunks: usize,
+    prefetch: &mut PrefetchL2<'_>,
+) -> [[i32; 2]; 4] {
+    let at = prefetch.at();
     let mask = _mm256_set1_epi8(3);
     let ones = _mm256_set1_epi16(1);
     let mut wide = [[_mm256_setzero_si256(); 2]; 4];
@@ -122,6 +154,7 @@ unsafe fn rows2_tokens4(w: *const u8, x: [*const i8; 4], chunks: usize) -> [[i32
         let end = (chunk + WIDEN_EVERY).min(chunks);
         let mut narrow = [[_mm256_setzero_si256(); 2]; 4];
         while chunk < end {
+            at.step(chunk);
             // SAFETY: chunk < chunks; both rows' 32 bytes lie inside this chunk's 128.
             let (p0, p1) = unsafe {
                 let wp = w.add(chunk * CHUNK) as *const __m256i;
@@ -152,13 +185,20 @@ unsafe fn rows2_tokens4(w: *const u8, x: [*const i8; 4], chunks: usize) -> [[i32
             }
         }
     }
+    prefetch.advance(chunks);
     wide.map(|pair| pair.map(|v| hsum_i32(v)))
 }
 
 /// # Safety
 /// AVX2; `w` points at `chunks * 128` bytes, `x` at `chunks * 128` values.
 #[target_feature(enable = "avx2")]
-unsafe fn rows4_token1(w: *const u8, x: *const i8, chunks: usize) -> [i32; 4] {
+unsafe fn rows4_token1(
+    w: *const u8,
+    x: *const i8,
+    chunks: usize,
+    prefetch: &mut PrefetchL2<'_>,
+) -> [i32; 4] {
+    let at = prefetch.at();
     let mask = _mm256_set1_epi8(3);
     let ones = _mm256_set1_epi16(1);
     let mut wide = [_mm256_setzero_si256(); 4];
@@ -167,6 +207,7 @@ unsafe fn rows4_token1(w: *const u8, x: *const i8, chunks: usize) -> [i32; 4] {
         let end = (chunk + WIDEN_EVERY).min(chunks);
         let mut narrow = [_mm256_setzero_si256(); 4];
         while chunk < end {
+            at.step(chunk);
             // SAFETY: chunk < chunks, so these 128 activations and 128 code bytes are in bounds.
             let (x0, x1, x2, x3, wp) = unsafe {
                 let xp = x.add(chunk * CHUNK) as *const __m256i;
@@ -197,13 +238,21 @@ unsafe fn rows4_token1(w: *const u8, x: *const i8, chunks: usize) -> [i32; 4] {
             *wide = _mm256_add_epi32(*wide, _mm256_madd_epi16(narrow, ones));
         }
     }
+    prefetch.advance(chunks);
     wide.map(|v| hsum_i32(v))
 }
 
 /// # Safety
 /// AVX2; `w` points at `chunks * 128` bytes, `xa` and `xb` at `chunks * 128` values each.
 #[target_feature(enable = "avx2")]
-unsafe fn rows4_tokens2(w: *const u8, xa: *const i8, xb: *const i8, chunks: usize) -> [i32; 8] {
+unsafe fn rows4_tokens2(
+    w: *const u8,
+    xa: *const i8,
+    xb: *const i8,
+    chunks: usize,
+    prefetch: &mut PrefetchL2<'_>,
+) -> [i32; 8] {
+    let at = prefetch.at();
     let mask = _mm256_set1_epi8(3);
     let ones = _mm256_set1_epi16(1);
     let mut wide = [_mm256_setzero_si256(); 8];
@@ -212,6 +261,7 @@ unsafe fn rows4_tokens2(w: *const u8, xa: *const i8, xb: *const i8, chunks: usiz
         let end = (chunk + WIDEN_EVERY).min(chunks);
         let mut narrow = [_mm256_setzero_si256(); 8];
         while chunk < end {
+            at.step(chunk);
             // SAFETY: chunk < chunks, so the 4×32 code bytes and both tokens' 128 values are in bounds.
             let (packed, xap, xbp) = unsafe {
                 let wp = w.add(chunk * CHUNK) as *const __m256i;
@@ -253,6 +303,7 @@ unsafe fn rows4_tokens2(w: *const u8, xa: *const i8, xb: *const i8, chunks: usiz
             *wide = _mm256_add_epi32(*wide, _mm256_madd_epi16(narrow, ones));
         }
     }
+    prefetch.advance(chunks);
     wide.map(|v| hsum_i32(v))
 }
 
@@ -273,7 +324,15 @@ fn hsum_f32(v: __m256) -> f32 {
 /// Pairs of rows against groups of four tokens (8 accumulators, 11 of the 16 ymm registers),
 /// so one activation load feeds two rows; what is left (one token, a last odd row, fewer than
 /// four tokens) goes row by row.
-fn f16_block(w: &[u16], rows: usize, x: &[f32], x_stride: usize, tokens: usize, out: &mut [f32]) {
+fn f16_block(
+    w: &[u16],
+    rows: usize,
+    x: &[f32],
+    x_stride: usize,
+    tokens: usize,
+    out: &mut [f32],
+    ahead: &[u16],
+) {
     let cols = check_block_args(w.len(), rows, x.len(), x_stride, tokens, out.len());
     if tokens == 0 {
         return;
@@ -282,6 +341,10 @@ fn f16_block(w: &[u16], rows: usize, x: &[f32], x_stride: usize, tokens: usize, 
     let act = |t: usize| &x[t * x_stride..t * x_stride + cols];
     let paired = if tokens >= 4 { rows / 2 * 2 } else { 0 };
     let quads = tokens / 4 * 4;
+    // Batches of four tokens or more are compute-bound: the first pass over each pair of rows
+    // (8 columns per step) prefetches. Smaller ones stream the rows and leave it to the hardware.
+    let mut prefetch = PrefetchL2::new(ahead, paired / 2 * (cols / 8));
+    let mut no_prefetch = PrefetchL2::new::<u16>(&[], 1);
     for r in (0..paired).step_by(2) {
         for t in (0..quads).step_by(4) {
             // SAFETY: installed only after detecting AVX2, FMA and F16C; both rows and all four
@@ -290,6 +353,11 @@ fn f16_block(w: &[u16], rows: usize, x: &[f32], x_stride: usize, tokens: usize, 
                 f16_pair_f16c(
                     [row(r), row(r + 1)],
                     [act(t), act(t + 1), act(t + 2), act(t + 3)],
+                    if t == 0 {
+                        &mut prefetch
+                    } else {
+                        &mut no_prefetch
+                    },
                 )
             };
             out[r * tokens + t..r * tokens + t + 4].copy_from_slice(&tile[0]);
@@ -314,16 +382,22 @@ fn f16_block(w: &[u16], rows: usize, x: &[f32], x_stride: usize, tokens: usize, 
     }
 }
 
-/// Two f16 rows against four tokens, 8 columns per step: `[row][token]`.
+/// Two f16 rows against four tokens, 8 columns per step (one prefetch step each): `[row][token]`.
 ///
 /// # Safety
 /// F16C, FMA and AVX2; every `w[r]` and `x[t]` has the same length.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_pair_f16c(w: [&[u16]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
+unsafe fn f16_pair_f16c(
+    w: [&[u16]; 2],
+    x: [&[f32]; 4],
+    prefetch: &mut PrefetchL2<'_>,
+) -> [[f32; 4]; 2] {
+    let at = prefetch.at();
     let n = w[0].len();
     let mut acc = [[_mm256_setzero_ps(); 4]; 2];
     let mut i = 0;
     while i + 8 <= n {
+        at.step(i / 8);
         // SAFETY: i + 8 <= n == every row's length.
         let (w0, w1) = unsafe {
             (
@@ -339,6 +413,7 @@ unsafe fn f16_pair_f16c(w: [&[u16]; 2], x: [&[f32]; 4]) -> [[f32; 4]; 2] {
         }
         i += 8;
     }
+    prefetch.advance(n / 8);
     let mut out = [[0f32; 4]; 2];
     for ((out, acc), row) in out.iter_mut().zip(&acc).zip(&w) {
         for ((out, acc), x) in out.iter_mut().zip(acc).zip(&x) {

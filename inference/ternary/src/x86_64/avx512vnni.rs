@@ -10,6 +10,7 @@ use crate::dispatch::{check_block_args, check_rows_args, check_tile_args, Kernel
 use crate::format::CHUNK;
 use crate::output::Q8_BLOCK;
 use crate::scalar::{q8_block_lanes, Q8_LANES};
+use crate::x86_64::PrefetchL2;
 use std::arch::x86_64::*;
 
 /// Tokens per pass of the f16 block kernel: 4 rows × 6 tokens take 24 accumulators and 4
@@ -36,9 +37,18 @@ pub(crate) fn install(table: KernelTable) -> Option<KernelTable> {
     })
 }
 
-fn ternary_tile(tile: &[u8], x: &[i8], x_stride: usize, tokens: usize, out: &mut [i32]) {
+fn ternary_tile(
+    tile: &[u8],
+    x: &[i8],
+    x_stride: usize,
+    tokens: usize,
+    out: &mut [i32],
+    ahead: &[u8],
+) {
     check_tile_args(tile, x, x_stride, tokens, out);
     let chunks = tile.len() / CHUNK;
+    // The first pass reads the tile from memory; later passes find it in cache.
+    let mut prefetch = PrefetchL2::new(ahead, chunks);
     let mut token = 0;
     while token < tokens {
         let count = (tokens - token).min(TOKENS_PER_PASS);
@@ -50,21 +60,22 @@ fn ternary_tile(tile: &[u8], x: &[i8], x_stride: usize, tokens: usize, out: &mut
         // `chunks * 128` values, the tile `chunks * 128` bytes, and `sums` 4 values per token.
         unsafe {
             match count {
-                1 => rows4_tokens::<1>(w, x, x_stride, chunks, sums),
-                2 => rows4_tokens::<2>(w, x, x_stride, chunks, sums),
-                3 => rows4_tokens::<3>(w, x, x_stride, chunks, sums),
-                4 => rows4_tokens::<4>(w, x, x_stride, chunks, sums),
-                5 => rows4_tokens::<5>(w, x, x_stride, chunks, sums),
-                6 => rows4_tokens::<6>(w, x, x_stride, chunks, sums),
-                7 => rows4_tokens::<7>(w, x, x_stride, chunks, sums),
-                _ => rows4_tokens::<8>(w, x, x_stride, chunks, sums),
+                1 => rows4_tokens::<1>(w, x, x_stride, chunks, sums, &mut prefetch),
+                2 => rows4_tokens::<2>(w, x, x_stride, chunks, sums, &mut prefetch),
+                3 => rows4_tokens::<3>(w, x, x_stride, chunks, sums, &mut prefetch),
+                4 => rows4_tokens::<4>(w, x, x_stride, chunks, sums, &mut prefetch),
+                5 => rows4_tokens::<5>(w, x, x_stride, chunks, sums, &mut prefetch),
+                6 => rows4_tokens::<6>(w, x, x_stride, chunks, sums, &mut prefetch),
+                7 => rows4_tokens::<7>(w, x, x_stride, chunks, sums, &mut prefetch),
+                _ => rows4_tokens::<8>(w, x, x_stride, chunks, sums, &mut prefetch),
             }
         }
         token += count;
     }
 }
 
-/// Σ code·x for the 4 rows of a tile and `T` tokens, written as `out[t * 4 + row]`.
+/// Σ code·x for the 4 rows of a tile and `T` tokens, written as `out[t * 4 + row]`, with one
+/// prefetch step per chunk.
 ///
 /// # Safety
 /// AVX-512 F/BW/VNNI; `w` points at `chunks * 128` bytes, `x + t * x_stride` at `chunks * 128`
@@ -76,11 +87,14 @@ unsafe fn rows4_tokens<const T: usize>(
     x_stride: usize,
     chunks: usize,
     out: *mut i32,
+    prefetch: &mut PrefetchL2<'_>,
 ) {
+    let at = prefetch.at();
     let mask = _mm512_set1_epi8(3);
     // acc[t][0] holds rows 0 (low half) and 1 (high half), acc[t][1] rows 2 and 3.
     let mut acc = [[_mm512_setzero_si512(); 2]; T];
     for chunk in 0..chunks {
+        at.step(chunk);
         // SAFETY: chunk < chunks, so the tile's 128 bytes for this chunk are in bounds.
         let (w01, w23) = unsafe {
             let wp = w.add(chunk * CHUNK) as *const __m512i;
@@ -127,6 +141,7 @@ unsafe fn rows4_tokens<const T: usize>(
             (_mm512_and_si512(w01, mask), _mm512_and_si512(w23, mask))
         );
     }
+    prefetch.advance(chunks);
     let zero = [_mm512_setzero_si512(); 2];
     let mut t = 0;
     while t < T {
@@ -280,7 +295,15 @@ fn hsum_f32(v: __m256) -> f32 {
 /// Up to four rows × six tokens per pass: each activation load feeds four rows and each
 /// converted weight vector six tokens (24 accumulators and 4 weight vectors of the 32 zmm
 /// registers), so the f16 → f32 conversions stay a small share of the vector work.
-fn f16_block(w: &[u16], rows: usize, x: &[f32], x_stride: usize, tokens: usize, out: &mut [f32]) {
+fn f16_block(
+    w: &[u16],
+    rows: usize,
+    x: &[f32],
+    x_stride: usize,
+    tokens: usize,
+    out: &mut [f32],
+    ahead: &[u16],
+) {
     let cols = check_block_args(w.len(), rows, x.len(), x_stride, tokens, out.len());
     let row = |r: usize| &w[r * cols..(r + 1) * cols];
     if tokens == 1 {
@@ -292,6 +315,8 @@ fn f16_block(w: &[u16], rows: usize, x: &[f32], x_stride: usize, tokens: usize, 
         }
         return;
     }
+    // Spread over the first token pass of every group of rows: one step per 16 columns.
+    let mut prefetch = PrefetchL2::new(ahead, rows.div_ceil(4) * (cols / 16));
     let mut r = 0;
     while r < rows {
         let n = (rows - r).min(4);
@@ -306,12 +331,25 @@ fn f16_block(w: &[u16], rows: usize, x: &[f32], x_stride: usize, tokens: usize, 
                     x_stride,
                     tokens,
                     out,
+                    &mut prefetch,
                 ),
-                3 => {
-                    f16_rows_avx512::<3>([row(r), row(r + 1), row(r + 2)], x, x_stride, tokens, out)
-                }
-                2 => f16_rows_avx512::<2>([row(r), row(r + 1)], x, x_stride, tokens, out),
-                _ => f16_rows_avx512::<1>([row(r)], x, x_stride, tokens, out),
+                3 => f16_rows_avx512::<3>(
+                    [row(r), row(r + 1), row(r + 2)],
+                    x,
+                    x_stride,
+                    tokens,
+                    out,
+                    &mut prefetch,
+                ),
+                2 => f16_rows_avx512::<2>(
+                    [row(r), row(r + 1)],
+                    x,
+                    x_stride,
+                    tokens,
+                    out,
+                    &mut prefetch,
+                ),
+                _ => f16_rows_avx512::<1>([row(r)], x, x_stride, tokens, out, &mut prefetch),
             }
         }
         r += n;
@@ -348,7 +386,8 @@ unsafe fn f16_dot_avx512(w: &[u16], x: &[f32]) -> f32 {
     )) + crate::scalar::f16_dot(&w[i..], &x[i..])
 }
 
-/// `R` rows against every token, six tokens per pass; `out[r * tokens + t]`.
+/// `R` rows against every token, six tokens per pass; `out[r * tokens + t]`. The first pass
+/// (the one that reads the rows from memory) takes the prefetch steps.
 ///
 /// # Safety
 /// AVX-512F; every row has the same length `cols`, and token t's `cols` values start at
@@ -360,9 +399,11 @@ unsafe fn f16_rows_avx512<const R: usize>(
     x_stride: usize,
     tokens: usize,
     out: &mut [f32],
+    prefetch: &mut PrefetchL2<'_>,
 ) {
     let cols = w[0].len();
     let act = |t: usize| &x[t * x_stride..t * x_stride + cols];
+    let mut no_prefetch = PrefetchL2::new::<u16>(&[], 1);
     let mut t = 0;
     while t < tokens {
         let n = (tokens - t).min(F16_TOKENS_PER_PASS);
@@ -375,8 +416,18 @@ unsafe fn f16_rows_avx512<const R: usize>(
             ($n:literal) => {
                 // SAFETY: the caller's contract; every `act(..)` has `cols` values.
                 put(
-                    unsafe { f16_tile_avx512::<R, $n>(w, std::array::from_fn(|i| act(t + i))) }
-                        .as_flattened(),
+                    unsafe {
+                        f16_tile_avx512::<R, $n>(
+                            w,
+                            std::array::from_fn(|i| act(t + i)),
+                            if t == 0 {
+                                &mut *prefetch
+                            } else {
+                                &mut no_prefetch
+                            },
+                        )
+                    }
+                    .as_flattened(),
                     $n,
                 )
             };
@@ -393,7 +444,7 @@ unsafe fn f16_rows_avx512<const R: usize>(
     }
 }
 
-/// `R` f16 rows against `T` tokens, 16 columns per step: `[r][t]`.
+/// `R` f16 rows against `T` tokens, 16 columns per step (one prefetch step each): `[r][t]`.
 ///
 /// # Safety
 /// AVX-512F; every `w[r]` and `x[t]` has the same length.
@@ -401,12 +452,15 @@ unsafe fn f16_rows_avx512<const R: usize>(
 unsafe fn f16_tile_avx512<const R: usize, const T: usize>(
     w: [&[u16]; R],
     x: [&[f32]; T],
+    prefetch: &mut PrefetchL2<'_>,
 ) -> [[f32; T]; R] {
+    let at = prefetch.at();
     let n = w[0].len();
     let mut acc = [[_mm512_setzero_ps(); T]; R];
     let mut wv = [_mm512_setzero_ps(); R];
     let mut i = 0;
     while i + 16 <= n {
+        at.step(i / 16);
         for (v, row) in wv.iter_mut().zip(&w) {
             // SAFETY: i + 16 <= n == row.len().
             *v = _mm512_cvtph_ps(unsafe {
@@ -422,6 +476,7 @@ unsafe fn f16_tile_avx512<const R: usize, const T: usize>(
         }
         i += 16;
     }
+    prefetch.advance(n / 16);
     let mut out = [[0f32; T]; R];
     for ((out, acc), row) in out.iter_mut().zip(&acc).zip(&w) {
         for ((out, acc), x) in out.iter_mut().zip(acc).zip(&x) {

@@ -5,6 +5,7 @@
 
 use crate::dispatch::{check_tile_args, KernelTable, TILE_ROWS};
 use crate::format::CHUNK;
+use crate::x86_64::PrefetchL2;
 use std::arch::x86_64::*;
 
 /// Puts the AVX-VNNI ternary kernel into `table` (built on AVX2) if the CPU has AVX-VNNI.
@@ -17,11 +18,18 @@ pub(crate) fn install(table: KernelTable) -> Option<KernelTable> {
     })
 }
 
-fn ternary_tile(tile: &[u8], x: &[i8], x_stride: usize, tokens: usize, out: &mut [i32]) {
+fn ternary_tile(
+    tile: &[u8],
+    x: &[i8],
+    x_stride: usize,
+    tokens: usize,
+    out: &mut [i32],
+    ahead: &[u8],
+) {
     check_tile_args(tile, x, x_stride, tokens, out);
     // SAFETY: `install` put this function in a table only after detecting AVX2 and AVX-VNNI, and
     // `check_tile_args` proved every access below in bounds.
-    unsafe { ternary_tile_vnni(tile, x, x_stride, tokens, out) }
+    unsafe { ternary_tile_vnni(tile, x, x_stride, tokens, out, ahead) }
 }
 
 macro_rules! codes {
@@ -48,9 +56,12 @@ unsafe fn ternary_tile_vnni(
     x_stride: usize,
     tokens: usize,
     out: &mut [i32],
+    ahead: &[u8],
 ) {
     let chunks = tile.len() / CHUNK;
     let mask = _mm256_set1_epi8(3);
+    // One step per chunk of the first pass, the one that reads the tile from memory.
+    let mut prefetch = PrefetchL2::new(ahead, chunks);
     let mut token = 0;
     while token < tokens {
         let pair = tokens - token >= 2;
@@ -61,7 +72,9 @@ unsafe fn ternary_tile_vnni(
             xa
         };
         let mut acc = [_mm256_setzero_si256(); 8];
+        let at = prefetch.at();
         for chunk in 0..chunks {
+            at.step(chunk);
             // SAFETY: chunk < chunks: the tile's 128 bytes and both tokens' 128 values are in bounds
             // (`xb` repeats `xa` for an odd last token).
             let (packed, xap, xbp) = unsafe {
@@ -98,6 +111,7 @@ unsafe fn ternary_tile_vnni(
             group!(2);
             group!(3);
         }
+        prefetch.advance(chunks);
         let count = if pair { 2 } else { 1 };
         for (i, sum) in acc.iter().take(count * TILE_ROWS).enumerate() {
             out[token * TILE_ROWS + i] = hsum_i32(*sum);
