@@ -200,7 +200,7 @@ fn resize(buffer: &mut Vec<f32>, len: usize) {
 fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let width = weight.len();
     for (row, out_row) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
-        let mean_square = row.iter().map(|v| v * v).sum::<f32>() / width as f32;
+        let mean_square = crate::vector_math::sum_of_squares(row) / width as f32;
         let inv = 1.0 / (mean_square + eps).sqrt();
         for ((o, &v), &w) in out_row.iter_mut().zip(row).zip(weight) {
             *o = v * inv * w;
@@ -323,9 +323,7 @@ impl Model {
             let acts = quantize(&mut s.acts, &s.normed[..n * h], h);
             self.project(&layer.ffn_gate, acts, &mut s.gate)?;
             self.project(&layer.ffn_up, acts, &mut s.up)?;
-            for (g, u) in s.gate.iter_mut().zip(&s.up) {
-                *g = c.activation.apply(*g) * u;
-            }
+            c.activation.apply_gated(&mut s.gate, &s.up);
             rms_norm(
                 &s.gate,
                 &layer.ffn_sub_norm,

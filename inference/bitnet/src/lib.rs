@@ -24,6 +24,7 @@ pub mod model;
 pub mod reference;
 pub mod sampler;
 pub mod tokenizer;
+mod vector_math;
 
 pub use config::{Architecture, FfnActivation, ModelConfig};
 pub use forward::{BatchToken, ForwardError, KvCache, Scratch, Session, SlotId};
