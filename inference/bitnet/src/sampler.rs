@@ -102,6 +102,49 @@ fn by_logit_desc(a: &(u32, f32), b: &(u32, f32)) -> Ordering {
     b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
+/// A logit as an integer that orders as [`f32::total_cmp`] does, with NaN counted as -inf
+/// (the candidates' rule): integer lanes vectorise where a float comparison chain does not.
+#[inline(always)]
+fn total_order_key(logit: f32) -> i32 {
+    let logit = if logit.is_nan() {
+        f32::NEG_INFINITY
+    } else {
+        logit
+    };
+    let bits = logit.to_bits() as i32;
+    bits ^ (((bits >> 31) as u32) >> 1) as i32
+}
+
+/// The greedy pick without building candidates: the same token the sorted candidates give
+/// (highest logit by `total_cmp`, NaN as -inf, ties to the lower id), in two vectorised passes
+/// over the logits. A decode step runs it once per sequence over the whole vocabulary.
+fn greedy(logits: &[f32]) -> Result<u32, SamplerError> {
+    let mut lanes = [i32::MIN; 16];
+    let mut chunks = logits.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (lane, &logit) in lanes.iter_mut().zip(chunk) {
+            *lane = (*lane).max(total_order_key(logit));
+        }
+    }
+    let best = chunks
+        .remainder()
+        .iter()
+        .map(|&logit| total_order_key(logit))
+        .chain(lanes)
+        .max()
+        .expect("logits are not empty");
+    if best == total_order_key(f32::NEG_INFINITY) {
+        return Err(SamplerError::NoFiniteLogit {
+            count: logits.len(),
+        });
+    }
+    let id = logits
+        .iter()
+        .position(|&logit| total_order_key(logit) == best)
+        .expect("the maximum is one of the logits");
+    Ok(id as u32)
+}
+
 impl Sampler {
     pub fn new(config: SamplerConfig) -> Result<Self, SamplerError> {
         let invalid = |field, value: f32, expected| SamplerError::InvalidConfig {
@@ -142,6 +185,10 @@ impl Sampler {
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> Result<u32, SamplerError> {
         if logits.is_empty() {
             return Err(SamplerError::EmptyLogits);
+        }
+        let penalised = self.config.repetition_penalty != 1.0 && self.config.repetition_last_n > 0;
+        if self.config.temperature == 0.0 && !penalised {
+            return greedy(logits);
         }
         self.candidates.clear();
         self.candidates

@@ -36,6 +36,41 @@ fn greedy_is_argmax_with_ties_to_the_lower_id() {
     assert_eq!(greedy.sample(&[0.1, 3.0, -2.0, 2.9], &[]), Ok(1));
     assert_eq!(greedy.sample(&[1.0, 5.0, 5.0], &[]), Ok(1));
     assert_eq!(greedy.sample(&[f32::NAN, -1.0, f32::NAN], &[]), Ok(1));
+    // Ordered as f32::total_cmp: +0 above -0; -inf and NaN only when nothing is finite.
+    assert_eq!(greedy.sample(&[-0.0, 0.0, -1.0], &[]), Ok(1));
+    assert_eq!(
+        greedy.sample(&[f32::NEG_INFINITY, -3e38, f32::NAN], &[]),
+        Ok(1)
+    );
+    assert_eq!(greedy.sample(&[f32::INFINITY, 1.0], &[]), Ok(0));
+    assert!(greedy.sample(&[f32::NAN, f32::NEG_INFINITY], &[]).is_err());
+}
+
+/// The greedy shortcut (no penalty) and the candidate path (a penalty that changes nothing,
+/// because no history) must agree on a whole vocabulary, including ties across SIMD lanes.
+#[test]
+fn greedy_gives_the_same_token_with_and_without_the_candidate_list() {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..200 {
+        let logits: Vec<f32> = (0..1000 + round)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                // Few distinct values, so ties are common; some NaN.
+                match state % 23 {
+                    0 => f32::NAN,
+                    v => (v % 9) as f32 - 4.0,
+                }
+            })
+            .collect();
+        let mut fast = sampler(SamplerConfig::greedy());
+        let mut listed = sampler(SamplerConfig {
+            repetition_penalty: 1.3,
+            ..SamplerConfig::greedy()
+        });
+        assert_eq!(fast.sample(&logits, &[]), listed.sample(&logits, &[]));
+    }
 }
 
 #[test]
