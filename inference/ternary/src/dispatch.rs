@@ -18,20 +18,13 @@ pub(crate) const TILE_ROWS: usize = 4;
 /// while it computes. It never changes the result.
 pub(crate) type TernaryTileFn =
     fn(tile: &[u8], x: &[i8], x_stride: usize, tokens: usize, out: &mut [i32], ahead: &[u8]);
-/// Σ w·x of `rows` consecutive f16 rows (raw bits, `w.len() / rows` values each) with each of
-/// `tokens` f32 activation rows, token t starting at `x[t * x_stride]`: `out[r * tokens + t]`.
-/// Several rows per call let a kernel use one activation load for several rows, which is what
-/// bounds the batched output layer. Float sums; the order may differ between ISAs. `ahead` is
-/// as for [`TernaryTileFn`].
-pub(crate) type F16BlockFn = fn(
-    w: &[u16],
-    rows: usize,
-    x: &[f32],
-    x_stride: usize,
-    tokens: usize,
-    out: &mut [f32],
-    ahead: &[u16],
-);
+/// One panel of the F16 output layer (`F16_PANEL` = 16 rows stored column by column: the 16
+/// halves of column k at `panel[k * 16..]`) against `tokens` (1..=16) f32 activation rows given
+/// transposed (`xt[k * tokens + t]`): `out[t * 16 + i] = Σ_k w(i, k) · x(t, k)`. One column load
+/// feeds every token, and the 16 sums of a token are one vector, so no horizontal sums are needed.
+/// Float sums; the order may differ between ISAs. `ahead` is as for [`TernaryTileFn`].
+pub(crate) type F16PanelFn =
+    fn(panel: &[u16], xt: &[f32], tokens: usize, out: &mut [f32], ahead: &[u16]);
 /// Σ w·x for f32 rows of equal length.
 pub(crate) type F32DotFn = fn(w: &[f32], x: &[f32]) -> f32;
 /// One int8 row (blocks of `Q8_BLOCK` values, the last possibly shorter, scales `w_scales`)
@@ -59,52 +52,34 @@ pub(crate) type AttentionScoresFn = fn(
 pub(crate) type AttentionValuesFn =
     fn(weights: &[f32], stride: usize, values: &[u16], head_dim: usize, out: &mut [f32]);
 
-/// Checks the arguments of an f16 row kernel; SIMD kernels rely on it for memory safety.
-pub(crate) fn check_strided_rows(
-    cols: usize,
-    x_len: usize,
-    x_stride: usize,
-    tokens: usize,
-    out_len: usize,
-) {
-    assert!(
-        out_len >= tokens,
-        "output holds {out_len} values, need {tokens}"
-    );
-    if tokens > 0 {
-        assert!(
-            x_stride >= cols,
-            "activation stride {x_stride} is shorter than the row length {cols}"
-        );
-        assert!(
-            x_len >= (tokens - 1) * x_stride + cols,
-            "activations hold {x_len} values, need {}",
-            (tokens - 1) * x_stride + cols
-        );
-    }
-}
-
-/// Checks the arguments of an [`F16BlockFn`] and returns the row length; SIMD kernels rely on it
-/// for memory safety.
-pub(crate) fn check_block_args(
-    w_len: usize,
-    rows: usize,
-    x_len: usize,
-    x_stride: usize,
+/// Checks the arguments of an [`F16PanelFn`] and returns the panel's column count; SIMD kernels
+/// rely on it for memory safety.
+pub(crate) fn check_panel_args(
+    panel_len: usize,
+    xt_len: usize,
     tokens: usize,
     out_len: usize,
 ) -> usize {
+    use crate::output::F16_PANEL;
     assert!(
-        rows > 0 && w_len.is_multiple_of(rows),
-        "{w_len} weights are not {rows} whole rows"
+        panel_len.is_multiple_of(F16_PANEL),
+        "{panel_len} weights are not whole columns of a {F16_PANEL}-row panel"
+    );
+    let cols = panel_len / F16_PANEL;
+    assert!(
+        (1..=F16_PANEL).contains(&tokens),
+        "a panel takes 1 to {F16_PANEL} tokens, not {tokens}"
     );
     assert!(
-        out_len >= rows * tokens,
+        xt_len >= cols * tokens,
+        "transposed activations hold {xt_len} values, need {}",
+        cols * tokens
+    );
+    assert!(
+        out_len >= tokens * F16_PANEL,
         "output holds {out_len} values, need {}",
-        rows * tokens
+        tokens * F16_PANEL
     );
-    let cols = w_len / rows;
-    check_strided_rows(cols, x_len, x_stride, tokens, tokens);
     cols
 }
 
@@ -138,7 +113,7 @@ pub(crate) fn check_rows_args(
 pub(crate) struct KernelTable {
     pub kernel: Kernel,
     pub ternary_tile: TernaryTileFn,
-    pub f16_block: F16BlockFn,
+    pub f16_panel: F16PanelFn,
     pub f32_dot: F32DotFn,
     pub q8_rows: Q8RowsFn,
     pub quantize_row: QuantizeRowFn,
@@ -256,7 +231,7 @@ fn scalar_table() -> KernelTable {
     KernelTable {
         kernel: Kernel::Scalar,
         ternary_tile: crate::scalar::ternary_tile,
-        f16_block: crate::scalar::f16_block,
+        f16_panel: crate::scalar::f16_panel,
         f32_dot: crate::scalar::f32_dot,
         q8_rows: crate::scalar::q8_rows,
         quantize_row: crate::activations::quantize_row_scalar,

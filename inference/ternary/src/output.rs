@@ -15,20 +15,28 @@ use half::f16;
 /// Tokens handed to one row kernel call: the row is read from memory once per batch.
 const TOKEN_BATCH: usize = 16;
 
-/// F16 rows handed to one block kernel call, so one activation load can serve several rows.
-const F16_ROW_GROUP: usize = 4;
-/// How many row groups ahead of the one being computed the F16 kernel prefetches: one group's
-/// worth of compute is too short to hide a DRAM access, two is enough.
-const PREFETCH_GROUPS: usize = 2;
+/// Rows per panel of the F16 layout. A panel stores its rows column by column, so one 32-byte
+/// load is a column of 16 rows: a full 512-bit vector of f32 after conversion, multiplied by one
+/// broadcast activation per token. A batched product then needs no horizontal sums and reads each
+/// panel once, in memory order, for up to 16 tokens.
+pub(crate) const F16_PANEL: usize = 16;
+/// Batches smaller than this are bound by memory bandwidth, not by the FMAs, and read each panel
+/// as one sequential stream that the hardware prefetcher follows best on its own.
+const PREFETCH_MIN_TOKENS: usize = 4;
 
 /// Values per int8 block, each with its own scale; the last block of a row may be shorter.
 pub const Q8_BLOCK: usize = 256;
 
 #[derive(Debug, Clone)]
 enum Storage {
-    F16(Vec<u16>),
+    /// Panels of [`F16_PANEL`] rows, column-major inside a panel: row r, column k is at
+    /// `(r / 16 * cols + k) * 16 + r % 16`. The last panel is padded with zero rows.
+    F16Panels(Vec<u16>),
     F32(Vec<f32>),
-    Int8 { values: Vec<i8>, scales: Vec<f32> },
+    Int8 {
+        values: Vec<i8>,
+        scales: Vec<f32>,
+    },
 }
 
 /// A dense output-layer matrix, `rows × cols`, row-major.
@@ -74,14 +82,23 @@ impl OutputMatrix {
     /// Wraps F16 tensor bytes (little-endian, row-major `rows × cols`).
     pub fn from_f16_bytes(bytes: &[u8], rows: usize, cols: usize) -> Result<Self, FormatError> {
         check_shape(rows, cols, bytes.len(), 2)?;
-        let values = bytes
-            .chunks_exact(2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-            .collect();
+        let panels = rows.div_ceil(F16_PANEL);
+        let mut packed = vec![0u16; panels * cols * F16_PANEL];
+        // Panel by panel, so the 16 source rows are read as 16 sequential streams and the panel
+        // is written in order.
+        for (panel, out) in packed.chunks_exact_mut(cols * F16_PANEL).enumerate() {
+            let first = panel * F16_PANEL;
+            for i in 0..F16_PANEL.min(rows - first) {
+                let row = &bytes[(first + i) * cols * 2..(first + i + 1) * cols * 2];
+                for (k, b) in row.chunks_exact(2).enumerate() {
+                    out[k * F16_PANEL + i] = u16::from_le_bytes([b[0], b[1]]);
+                }
+            }
+        }
         Ok(OutputMatrix {
             rows,
             cols,
-            storage: Storage::F16(values),
+            storage: Storage::F16Panels(packed),
             kernels: active_table()?,
         })
     }
@@ -143,7 +160,7 @@ impl OutputMatrix {
     /// Bytes streamed by one product.
     pub fn weight_bytes(&self) -> usize {
         match &self.storage {
-            Storage::F16(v) => 2 * v.len(),
+            Storage::F16Panels(v) => 2 * v.len(),
             Storage::F32(v) => 4 * v.len(),
             Storage::Int8 { values, scales } => values.len() + 4 * scales.len(),
         }
@@ -162,8 +179,10 @@ impl OutputMatrix {
         let out = &mut out[..self.cols];
         let range = r * self.cols..(r + 1) * self.cols;
         match &self.storage {
-            Storage::F16(v) => {
-                for (o, &bits) in out.iter_mut().zip(&v[range]) {
+            Storage::F16Panels(v) => {
+                let panel = &v[r / F16_PANEL * self.cols * F16_PANEL..][..self.cols * F16_PANEL];
+                let column = panel[r % F16_PANEL..].iter().step_by(F16_PANEL);
+                for (o, &bits) in out.iter_mut().zip(column) {
                     *o = f16::from_bits(bits).to_f32();
                 }
             }
@@ -254,6 +273,78 @@ impl OutputMatrix {
         out: &mut [f32],
         pool: Option<&ThreadPool>,
     ) {
+        match &self.storage {
+            Storage::F16Panels(panels) => self.run_panels(table, panels, x, tokens, out, pool),
+            _ => self.run_rows(table, x, tokens, out, pool),
+        }
+    }
+
+    /// The F16 product: panels split across the pool, each against every batch of up to 16
+    /// tokens while it is in cache.
+    fn run_panels(
+        &self,
+        table: &KernelTable,
+        panels: &[u16],
+        x: &[f32],
+        tokens: usize,
+        out: &mut [f32],
+        pool: Option<&ThreadPool>,
+    ) {
+        let (rows, cols) = (self.rows, self.cols);
+        let panel_len = cols * F16_PANEL;
+        // Each batch of tokens transposed (`[k][t]`), so a kernel broadcasts one value per token.
+        let mut xt = vec![0f32; tokens * cols];
+        for first in (0..tokens).step_by(F16_PANEL) {
+            let count = F16_PANEL.min(tokens - first);
+            let block = &mut xt[first * cols..(first + count) * cols];
+            for t in 0..count {
+                let token = &x[(first + t) * cols..(first + t + 1) * cols];
+                for (k, &v) in token.iter().enumerate() {
+                    block[k * count + t] = v;
+                }
+            }
+        }
+        let out = SharedOut::new(out);
+        let count = rows.div_ceil(F16_PANEL);
+        for_each_chunk(pool, count, |range: std::ops::Range<usize>| {
+            let mut values = [0f32; F16_PANEL * F16_PANEL];
+            let last = range.end;
+            for panel in range {
+                let weights = &panels[panel * panel_len..(panel + 1) * panel_len];
+                let first_row = panel * F16_PANEL;
+                let rows_here = F16_PANEL.min(rows - first_row);
+                for first in (0..tokens).step_by(F16_PANEL) {
+                    let n = F16_PANEL.min(tokens - first);
+                    // The first batch of tokens reads the panel from memory; it fetches the
+                    // next one meanwhile.
+                    let ahead = if first == 0 && n >= PREFETCH_MIN_TOKENS && panel + 1 < last {
+                        &panels[(panel + 1) * panel_len..(panel + 2) * panel_len]
+                    } else {
+                        &[]
+                    };
+                    let xs = &xt[first * cols..(first + n) * cols];
+                    (table.f16_panel)(weights, xs, n, &mut values[..n * F16_PANEL], ahead);
+                    for (t, sums) in values[..n * F16_PANEL].chunks_exact(F16_PANEL).enumerate() {
+                        let base = (first + t) * rows + first_row;
+                        for (i, &value) in sums[..rows_here].iter().enumerate() {
+                            // SAFETY: rows of this panel belong to a range claimed by this call only.
+                            unsafe { out.write(base + i, value) };
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// The F32 and int8 products: one row per kernel call, rows split across the pool.
+    fn run_rows(
+        &self,
+        table: &KernelTable,
+        x: &[f32],
+        tokens: usize,
+        out: &mut [f32],
+        pool: Option<&ThreadPool>,
+    ) {
         let (rows, cols) = (self.rows, self.cols);
         let blocks = self.blocks_per_row();
         let quantized = match self.storage {
@@ -261,42 +352,15 @@ impl OutputMatrix {
             _ => None,
         };
         let out = SharedOut::new(out);
-        // F16 rows go to the kernel in groups so one activation load can serve several rows;
-        // the other storages take one row per call.
-        let group_rows = match self.storage {
-            Storage::F16(_) => F16_ROW_GROUP,
-            _ => 1,
-        };
         let work = |row_range: std::ops::Range<usize>| {
-            let mut values = [0f32; F16_ROW_GROUP * TOKEN_BATCH];
-            let mut first_row = row_range.start;
-            while first_row < row_range.end {
-                let group = group_rows.min(row_range.end - first_row);
-                let range = first_row * cols..(first_row + group) * cols;
-                let ahead_start = (first_row + PREFETCH_GROUPS * group).min(row_range.end);
-                let ahead_rows = ahead_start..(ahead_start + group).min(row_range.end);
+            let mut values = [0f32; TOKEN_BATCH];
+            for row in row_range {
+                let range = row * cols..(row + 1) * cols;
                 for first in (0..tokens).step_by(TOKEN_BATCH) {
                     let count = TOKEN_BATCH.min(tokens - first);
-                    let values = &mut values[..group * count];
+                    let values = &mut values[..count];
                     let xs = first * cols..(first + count) * cols;
                     match (&self.storage, &quantized) {
-                        (Storage::F16(w), _) => {
-                            // Only the first batch of tokens reads the rows from memory.
-                            let ahead = if first == 0 {
-                                &w[ahead_rows.start * cols..ahead_rows.end * cols]
-                            } else {
-                                &[]
-                            };
-                            (table.f16_block)(
-                                &w[range.clone()],
-                                group,
-                                &x[xs],
-                                cols,
-                                count,
-                                values,
-                                ahead,
-                            )
-                        }
                         (Storage::F32(w), _) => {
                             for (t, value) in values.iter_mut().enumerate() {
                                 *value = (table.f32_dot)(
@@ -308,7 +372,7 @@ impl OutputMatrix {
                         (Storage::Int8 { values: w, scales }, Some((xq, x_scales))) => (table
                             .q8_rows)(
                             &w[range.clone()],
-                            &scales[first_row * blocks..(first_row + 1) * blocks],
+                            &scales[row * blocks..(row + 1) * blocks],
                             &xq[xs],
                             &x_scales[first * blocks..(first + count) * blocks],
                             count,
@@ -317,16 +381,15 @@ impl OutputMatrix {
                         (Storage::Int8 { .. }, None) => {
                             unreachable!("int8 storage always quantises its input")
                         }
-                    }
-                    // values[r * count + t]: row first_row + r, token first + t.
-                    for (r, row_values) in (first_row..).zip(values.chunks_exact(count)) {
-                        for (t, &value) in (first..).zip(row_values) {
-                            // SAFETY: row r is in a range claimed by this call only.
-                            unsafe { out.write(t * rows + r, value) };
+                        (Storage::F16Panels(_), _) => {
+                            unreachable!("F16 products go through run_panels")
                         }
                     }
+                    for (t, &value) in (first..).zip(values.iter()) {
+                        // SAFETY: row `row` is in a range claimed by this call only.
+                        unsafe { out.write(t * rows + row, value) };
+                    }
                 }
-                first_row += group;
             }
         };
         for_each_chunk(pool, rows, work);

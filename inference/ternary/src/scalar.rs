@@ -36,33 +36,16 @@ pub(crate) fn ternary_tile(
     }
 }
 
-/// Σ w·x, summed in order.
-pub(crate) fn f16_dot(w: &[u16], x: &[f32]) -> f32 {
-    w.iter()
-        .zip(x)
-        .map(|(&w, &x)| f16::from_bits(w).to_f32() * x)
-        .sum()
-}
-
-/// See [`crate::dispatch::F16BlockFn`]. The reference reads no further than its own rows.
-pub(crate) fn f16_block(
-    w: &[u16],
-    rows: usize,
-    x: &[f32],
-    x_stride: usize,
-    tokens: usize,
-    out: &mut [f32],
-    _ahead: &[u16],
-) {
-    let cols =
-        crate::dispatch::check_block_args(w.len(), rows, x.len(), x_stride, tokens, out.len());
-    if tokens == 0 {
-        return;
-    }
-    for (r, out) in out.chunks_exact_mut(tokens).take(rows).enumerate() {
-        let row = &w[r * cols..(r + 1) * cols];
-        for (t, out) in out[..tokens].iter_mut().enumerate() {
-            *out = f16_dot(row, &x[t * x_stride..t * x_stride + cols]);
+/// See [`crate::dispatch::F16PanelFn`]: each sum in column order, as a plain loop. The reference
+/// reads no further than its own panel.
+pub(crate) fn f16_panel(panel: &[u16], xt: &[f32], tokens: usize, out: &mut [f32], _ahead: &[u16]) {
+    use crate::output::F16_PANEL;
+    let cols = crate::dispatch::check_panel_args(panel.len(), xt.len(), tokens, out.len());
+    for t in 0..tokens {
+        for i in 0..F16_PANEL {
+            out[t * F16_PANEL + i] = (0..cols)
+                .map(|k| f16::from_bits(panel[k * F16_PANEL + i]).to_f32() * xt[k * tokens + t])
+                .sum();
         }
     }
 }

@@ -8,9 +8,7 @@
 //! lane is within [-32768, 32512] ⊂ i16, and it is then widened to i32 with `vpmaddwd` by 1 and
 //! reset. (bitnet.cpp widens every 32 blocks, which can overflow for extreme inputs.)
 
-use crate::dispatch::{
-    check_block_args, check_rows_args, check_strided_rows, check_tile_args, KernelTable, TILE_ROWS,
-};
+use crate::dispatch::{check_panel_args, check_rows_args, check_tile_args, KernelTable, TILE_ROWS};
 use crate::format::{CHUNK, CHUNK_BYTES};
 use crate::output::Q8_BLOCK;
 use crate::scalar::{q8_block_lanes, Q8_LANES};
@@ -28,7 +26,7 @@ pub(crate) fn install(_scalar: KernelTable) -> Option<KernelTable> {
     has.then_some(KernelTable {
         kernel: crate::dispatch::Kernel::Avx2,
         ternary_tile,
-        f16_block,
+        f16_panel,
         f32_dot,
         q8_rows,
         quantize_row,
@@ -321,191 +319,103 @@ fn hsum_f32(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
 }
 
-/// Pairs of rows against groups of four tokens (8 accumulators, 11 of the 16 ymm registers),
-/// so one activation load feeds two rows; what is left (one token, a last odd row, fewer than
-/// four tokens) goes row by row.
-fn f16_block(
-    w: &[u16],
-    rows: usize,
-    x: &[f32],
-    x_stride: usize,
-    tokens: usize,
-    out: &mut [f32],
-    ahead: &[u16],
-) {
-    let cols = check_block_args(w.len(), rows, x.len(), x_stride, tokens, out.len());
-    if tokens == 0 {
-        return;
-    }
-    let row = |r: usize| &w[r * cols..(r + 1) * cols];
-    let act = |t: usize| &x[t * x_stride..t * x_stride + cols];
-    let paired = if tokens >= 4 { rows / 2 * 2 } else { 0 };
-    let quads = tokens / 4 * 4;
-    // Batches of four tokens or more are compute-bound: the first pass over each pair of rows
-    // (8 columns per step) prefetches. Smaller ones stream the rows and leave it to the hardware.
-    let mut prefetch = PrefetchL2::new(ahead, paired / 2 * (cols / 8));
-    let mut no_prefetch = PrefetchL2::new::<u16>(&[], 1);
-    for r in (0..paired).step_by(2) {
-        for t in (0..quads).step_by(4) {
-            // SAFETY: installed only after detecting AVX2, FMA and F16C; both rows and all four
-            // activation rows have `cols` values (checked above).
-            let tile = unsafe {
-                f16_pair_f16c(
-                    [row(r), row(r + 1)],
-                    [act(t), act(t + 1), act(t + 2), act(t + 3)],
-                    if t == 0 {
-                        &mut prefetch
-                    } else {
-                        &mut no_prefetch
-                    },
-                )
+/// Tokens per pass over a panel: 6 tokens × 2 halves of the 16 rows take 12 accumulators, the
+/// column's two converted halves 2 more of the 16 ymm registers.
+const PANEL_TOKENS_PER_PASS: usize = 6;
+
+/// See [`crate::dispatch::F16PanelFn`]. Per column: two 16-byte loads and conversions give the
+/// column's 16 rows as two vectors, then two FMAs per token with its value broadcast. Batches of
+/// more than six tokens take several passes over the panel (the later ones from cache).
+fn f16_panel(panel: &[u16], xt: &[f32], tokens: usize, out: &mut [f32], ahead: &[u16]) {
+    let cols = check_panel_args(panel.len(), xt.len(), tokens, out.len());
+    let mut prefetch = PrefetchL2::new(ahead, cols);
+    let mut t = 0;
+    while t < tokens {
+        let n = (tokens - t).min(PANEL_TOKENS_PER_PASS);
+        let (w, out) = (panel.as_ptr(), out[t * 16..].as_mut_ptr());
+        // Token t's value of column k is at xt[k * tokens + t]: start at token t, same stride.
+        let x = xt[t..].as_ptr();
+        macro_rules! pass {
+            ($n:literal, $s:literal) => {
+                // SAFETY: installed only after detecting AVX2, FMA and F16C; `check_panel_args`
+                // proved the panel has `cols * 16` halves, `xt` `cols * tokens` floats (so
+                // `x[k * tokens + j]` is in bounds for j < n) and `out` `tokens * 16`.
+                unsafe { f16_panel_f16c::<$n, $s>(w, x, tokens, cols, out, &mut prefetch) }
             };
-            out[r * tokens + t..r * tokens + t + 4].copy_from_slice(&tile[0]);
-            out[(r + 1) * tokens + t..(r + 1) * tokens + t + 4].copy_from_slice(&tile[1]);
         }
-        if quads < tokens {
-            let rest = &x[quads * x_stride..];
-            for rr in [r, r + 1] {
-                let out = &mut out[rr * tokens + quads..(rr + 1) * tokens];
-                f16_rows(row(rr), rest, x_stride, tokens - quads, out);
+        match n {
+            1 => pass!(1, 2),
+            2 => pass!(2, 1),
+            3 => pass!(3, 1),
+            4 => pass!(4, 1),
+            5 => pass!(5, 1),
+            _ => pass!(6, 1),
+        }
+        t += n;
+    }
+}
+
+/// `T` tokens against one panel, `S` columns per step (one prefetch step per column); token j's value
+/// of column k is `x[k * stride + j]`.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `w` points at `cols * 16` halves, `x + k * stride + j` is readable for
+/// every k < cols and j < T, `out` at `T * 16` writable floats.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_panel_f16c<const T: usize, const S: usize>(
+    w: *const u16,
+    x: *const f32,
+    stride: usize,
+    cols: usize,
+    out: *mut f32,
+    prefetch: &mut PrefetchL2<'_>,
+) {
+    let at = prefetch.at();
+    let mut acc = [[[_mm256_setzero_ps(); 2]; S]; T];
+    let column = |k: usize| {
+        // SAFETY: k < cols, so the column's 16 halves are inside the panel.
+        unsafe {
+            let p = w.add(k * 16) as *const __m128i;
+            (
+                _mm256_cvtph_ps(_mm_loadu_si128(p)),
+                _mm256_cvtph_ps(_mm_loadu_si128(p.add(1))),
+            )
+        }
+    };
+    let mut k = 0;
+    while k + S <= cols {
+        for s in 0..S {
+            at.step(k + s);
+            let (lo, hi) = column(k + s);
+            for (j, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: the caller's contract, for column k + s < cols and token j < T.
+                let xv = _mm256_set1_ps(unsafe { *x.add((k + s) * stride + j) });
+                acc[s][0] = _mm256_fmadd_ps(lo, xv, acc[s][0]);
+                acc[s][1] = _mm256_fmadd_ps(hi, xv, acc[s][1]);
             }
         }
+        k += S;
     }
-    for r in paired..rows {
-        f16_rows(
-            row(r),
-            x,
-            x_stride,
-            tokens,
-            &mut out[r * tokens..(r + 1) * tokens],
-        );
-    }
-}
-
-/// Two f16 rows against four tokens, 8 columns per step (one prefetch step each): `[row][token]`.
-///
-/// # Safety
-/// F16C, FMA and AVX2; every `w[r]` and `x[t]` has the same length.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_pair_f16c(
-    w: [&[u16]; 2],
-    x: [&[f32]; 4],
-    prefetch: &mut PrefetchL2<'_>,
-) -> [[f32; 4]; 2] {
-    let at = prefetch.at();
-    let n = w[0].len();
-    let mut acc = [[_mm256_setzero_ps(); 4]; 2];
-    let mut i = 0;
-    while i + 8 <= n {
-        at.step(i / 8);
-        // SAFETY: i + 8 <= n == every row's length.
-        let (w0, w1) = unsafe {
-            (
-                _mm256_cvtph_ps(_mm_loadu_si128(w[0].as_ptr().add(i) as *const __m128i)),
-                _mm256_cvtph_ps(_mm_loadu_si128(w[1].as_ptr().add(i) as *const __m128i)),
-            )
-        };
-        for (t, x) in x.iter().enumerate() {
-            // SAFETY: i + 8 <= n == x.len().
-            let xv = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
-            acc[0][t] = _mm256_fmadd_ps(w0, xv, acc[0][t]);
-            acc[1][t] = _mm256_fmadd_ps(w1, xv, acc[1][t]);
+    while k < cols {
+        let (lo, hi) = column(k);
+        for (j, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: as above, for column k < cols.
+            let xv = _mm256_set1_ps(unsafe { *x.add(k * stride + j) });
+            acc[0][0] = _mm256_fmadd_ps(lo, xv, acc[0][0]);
+            acc[0][1] = _mm256_fmadd_ps(hi, xv, acc[0][1]);
         }
-        i += 8;
+        k += 1;
     }
-    prefetch.advance(n / 8);
-    let mut out = [[0f32; 4]; 2];
-    for ((out, acc), row) in out.iter_mut().zip(&acc).zip(&w) {
-        for ((out, acc), x) in out.iter_mut().zip(acc).zip(&x) {
-            *out = hsum_f32(*acc) + crate::scalar::f16_dot(&row[i..], &x[i..]);
+    prefetch.advance(cols);
+    for (j, acc) in acc.iter().enumerate() {
+        for half in 0..2 {
+            let sum = acc[1..]
+                .iter()
+                .fold(acc[0][half], |a, b| _mm256_add_ps(a, b[half]));
+            // SAFETY: j * 16 + half * 8 + 8 <= T * 16.
+            unsafe { _mm256_storeu_ps(out.add(j * 16 + half * 8), sum) };
         }
     }
-    out
-}
-
-fn f16_rows(w: &[u16], x: &[f32], x_stride: usize, tokens: usize, out: &mut [f32]) {
-    check_strided_rows(w.len(), x.len(), x_stride, tokens, out.len());
-    let cols = w.len();
-    let row = |t: usize| &x[t * x_stride..t * x_stride + cols];
-    let mut t = 0;
-    // SAFETY (all calls below): installed only after detecting AVX2, FMA and F16C; every
-    // activation row has exactly `cols` values (checked above).
-    while tokens - t >= 4 {
-        out[t..t + 4].copy_from_slice(&unsafe {
-            f16_rows_f16c::<4>(w, [row(t), row(t + 1), row(t + 2), row(t + 3)])
-        });
-        t += 4;
-    }
-    match tokens - t {
-        3 => out[t..t + 3]
-            .copy_from_slice(&unsafe { f16_rows_f16c::<3>(w, [row(t), row(t + 1), row(t + 2)]) }),
-        2 => out[t..t + 2].copy_from_slice(&unsafe { f16_rows_f16c::<2>(w, [row(t), row(t + 1)]) }),
-        1 => out[t] = unsafe { f16_dot_f16c(w, row(t)) },
-        _ => {}
-    }
-}
-
-/// One row against one token, with four accumulators to cover the FMA latency.
-///
-/// # Safety
-/// F16C, FMA and AVX2; `w.len() == x.len()`.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_dot_f16c(w: &[u16], x: &[f32]) -> f32 {
-    let n = w.len();
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 32 <= n {
-        for (u, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: i + 8u + 8 <= n for both slices.
-            let (wv, xv) = unsafe {
-                (
-                    _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(i + 8 * u) as *const __m128i)),
-                    _mm256_loadu_ps(x.as_ptr().add(i + 8 * u)),
-                )
-            };
-            *acc = _mm256_fmadd_ps(wv, xv, *acc);
-        }
-        i += 32;
-    }
-    hsum_f32(_mm256_add_ps(
-        _mm256_add_ps(acc[0], acc[1]),
-        _mm256_add_ps(acc[2], acc[3]),
-    )) + crate::scalar::f16_dot(&w[i..], &x[i..])
-}
-
-/// One row against `T` tokens: each 16 weights are converted once and used `T` times.
-///
-/// # Safety
-/// F16C, FMA and AVX2; every `x[t].len() == w.len()`.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_rows_f16c<const T: usize>(w: &[u16], x: [&[f32]; T]) -> [f32; T] {
-    let n = w.len();
-    let mut acc = [[_mm256_setzero_ps(); 2]; T];
-    let mut i = 0;
-    while i + 16 <= n {
-        // SAFETY: i + 16 <= n.
-        let (w0, w1) = unsafe {
-            (
-                _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(i) as *const __m128i)),
-                _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(i + 8) as *const __m128i)),
-            )
-        };
-        for (acc, x) in acc.iter_mut().zip(&x) {
-            // SAFETY: i + 16 <= n == x.len().
-            let (x0, x1) = unsafe {
-                (
-                    _mm256_loadu_ps(x.as_ptr().add(i)),
-                    _mm256_loadu_ps(x.as_ptr().add(i + 8)),
-                )
-            };
-            acc[0] = _mm256_fmadd_ps(w0, x0, acc[0]);
-            acc[1] = _mm256_fmadd_ps(w1, x1, acc[1]);
-        }
-        i += 16;
-    }
-    std::array::from_fn(|t| {
-        hsum_f32(_mm256_add_ps(acc[t][0], acc[t][1])) + crate::scalar::f16_dot(&w[i..], &x[t][i..])
-    })
 }
 
 fn f32_dot(w: &[f32], x: &[f32]) -> f32 {

@@ -4,18 +4,15 @@
 //! no widening (each gains at most 4·2·128 = 1024 per instruction, rows are at most 2^22 long).
 //! The int8 output layer uses `vpdpbusd` too, on activations shifted to unsigned (x + 128) with
 //! the shift removed exactly through a second `vpdpbusd` of 128 × w. The f16 output layer converts
-//! 16 halves per instruction (AVX-512F); the f32 dot stays AVX2.
+//! a panel column (16 rows) per instruction and multiplies it by each token's broadcast value
+//! (AVX-512F); the f32 dot stays AVX2.
 
-use crate::dispatch::{check_block_args, check_rows_args, check_tile_args, KernelTable, TILE_ROWS};
+use crate::dispatch::{check_panel_args, check_rows_args, check_tile_args, KernelTable, TILE_ROWS};
 use crate::format::CHUNK;
 use crate::output::Q8_BLOCK;
 use crate::scalar::{q8_block_lanes, Q8_LANES};
 use crate::x86_64::PrefetchL2;
 use std::arch::x86_64::*;
-
-/// Tokens per pass of the f16 block kernel: 4 rows × 6 tokens take 24 accumulators and 4
-/// converted weight vectors of the 32 zmm registers.
-const F16_TOKENS_PER_PASS: usize = 6;
 
 /// Tokens sharing one pass over a tile's codes: 8 tokens × 2 accumulators take 16 of the 32
 /// zmm registers, and each decoded code vector feeds 8 `vpdpbusd`s, so decoding stays off the
@@ -32,7 +29,7 @@ pub(crate) fn install(table: KernelTable) -> Option<KernelTable> {
         kernel: crate::dispatch::Kernel::Avx512Vnni,
         ternary_tile,
         q8_rows,
-        f16_block,
+        f16_panel,
         ..table
     })
 }
@@ -292,196 +289,88 @@ fn hsum_f32(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
 }
 
-/// Up to four rows × six tokens per pass: each activation load feeds four rows and each
-/// converted weight vector six tokens (24 accumulators and 4 weight vectors of the 32 zmm
-/// registers), so the f16 → f32 conversions stay a small share of the vector work.
-fn f16_block(
-    w: &[u16],
-    rows: usize,
-    x: &[f32],
-    x_stride: usize,
-    tokens: usize,
-    out: &mut [f32],
-    ahead: &[u16],
-) {
-    let cols = check_block_args(w.len(), rows, x.len(), x_stride, tokens, out.len());
-    let row = |r: usize| &w[r * cols..(r + 1) * cols];
-    if tokens == 1 {
-        // One token: nothing to share, so read the rows one after another (one stream for the
-        // prefetcher, as in memory) with four accumulators to cover the FMA latency.
-        for (r, out) in out[..rows].iter_mut().enumerate() {
-            // SAFETY: AVX-512F detected at install; row and activation have `cols` values.
-            *out = unsafe { f16_dot_avx512(row(r), &x[..cols]) };
-        }
-        return;
+/// See [`crate::dispatch::F16PanelFn`]. Per column: one 32-byte load and conversion gives the
+/// column's 16 rows as one vector, then one FMA per token with the token's value broadcast
+/// (`vfmadd231ps` with a broadcast memory operand). With fewer than eight tokens the columns are
+/// split over `S` accumulators per token, so at least eight FMA chains cover the FMA latency
+/// with room for a late load.
+fn f16_panel(panel: &[u16], xt: &[f32], tokens: usize, out: &mut [f32], ahead: &[u16]) {
+    let cols = check_panel_args(panel.len(), xt.len(), tokens, out.len());
+    let (w, x, out) = (panel.as_ptr(), xt.as_ptr(), out.as_mut_ptr());
+    macro_rules! run {
+        ($t:literal, $s:literal) => {{
+            let mut prefetch = PrefetchL2::new(ahead, cols);
+            // SAFETY: installed only after detecting AVX-512F (F16C conversions are part of it);
+            // `check_panel_args` proved the panel has `cols * 16` values, `xt` `cols * tokens`
+            // and `out` `tokens * 16`.
+            unsafe { f16_panel_avx512::<$t, $s>(w, x, cols, out, &mut prefetch) }
+        }};
     }
-    // Spread over the first token pass of every group of rows: one step per 16 columns.
-    let mut prefetch = PrefetchL2::new(ahead, rows.div_ceil(4) * (cols / 16));
-    let mut r = 0;
-    while r < rows {
-        let n = (rows - r).min(4);
-        let out = &mut out[r * tokens..(r + n) * tokens];
-        // SAFETY (each arm): installed only after detecting AVX-512F; every row has `cols`
-        // values and every activation row `cols` values at its stride (checked above).
-        unsafe {
-            match n {
-                4 => f16_rows_avx512::<4>(
-                    [row(r), row(r + 1), row(r + 2), row(r + 3)],
-                    x,
-                    x_stride,
-                    tokens,
-                    out,
-                    &mut prefetch,
-                ),
-                3 => f16_rows_avx512::<3>(
-                    [row(r), row(r + 1), row(r + 2)],
-                    x,
-                    x_stride,
-                    tokens,
-                    out,
-                    &mut prefetch,
-                ),
-                2 => f16_rows_avx512::<2>(
-                    [row(r), row(r + 1)],
-                    x,
-                    x_stride,
-                    tokens,
-                    out,
-                    &mut prefetch,
-                ),
-                _ => f16_rows_avx512::<1>([row(r)], x, x_stride, tokens, out, &mut prefetch),
-            }
-        }
-        r += n;
+    match tokens {
+        1 => run!(1, 8),
+        2 => run!(2, 4),
+        3 => run!(3, 4),
+        4 => run!(4, 2),
+        5 => run!(5, 2),
+        6 => run!(6, 2),
+        7 => run!(7, 2),
+        8 => run!(8, 1),
+        9 => run!(9, 1),
+        10 => run!(10, 1),
+        11 => run!(11, 1),
+        12 => run!(12, 1),
+        13 => run!(13, 1),
+        14 => run!(14, 1),
+        15 => run!(15, 1),
+        _ => run!(16, 1),
     }
 }
 
-/// One f16 row against one token, 64 columns per step.
+/// `T` tokens against one panel, `S` columns per step (one prefetch step per column).
 ///
 /// # Safety
-/// AVX-512F; `w.len() == x.len()`.
+/// AVX-512F; `w` points at `cols * 16` halves, `x` at `cols * T` floats (`x[k * T + t]`), `out`
+/// at `T * 16` writable floats.
 #[target_feature(enable = "avx512f")]
-unsafe fn f16_dot_avx512(w: &[u16], x: &[f32]) -> f32 {
-    let n = w.len();
-    let mut acc = [_mm512_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 64 <= n {
-        for (u, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: i + 16u + 16 <= n for both slices.
-            let (wv, xv) = unsafe {
-                (
-                    _mm512_cvtph_ps(_mm256_loadu_si256(
-                        w.as_ptr().add(i + 16 * u) as *const __m256i
-                    )),
-                    _mm512_loadu_ps(x.as_ptr().add(i + 16 * u)),
-                )
-            };
-            *acc = _mm512_fmadd_ps(wv, xv, *acc);
-        }
-        i += 64;
-    }
-    _mm512_reduce_add_ps(_mm512_add_ps(
-        _mm512_add_ps(acc[0], acc[1]),
-        _mm512_add_ps(acc[2], acc[3]),
-    )) + crate::scalar::f16_dot(&w[i..], &x[i..])
-}
-
-/// `R` rows against every token, six tokens per pass; `out[r * tokens + t]`. The first pass
-/// (the one that reads the rows from memory) takes the prefetch steps.
-///
-/// # Safety
-/// AVX-512F; every row has the same length `cols`, and token t's `cols` values start at
-/// `x[t * x_stride]` within `x`; `out` holds `R * tokens` values.
-#[target_feature(enable = "avx512f")]
-unsafe fn f16_rows_avx512<const R: usize>(
-    w: [&[u16]; R],
-    x: &[f32],
-    x_stride: usize,
-    tokens: usize,
-    out: &mut [f32],
+unsafe fn f16_panel_avx512<const T: usize, const S: usize>(
+    w: *const u16,
+    x: *const f32,
+    cols: usize,
+    out: *mut f32,
     prefetch: &mut PrefetchL2<'_>,
 ) {
-    let cols = w[0].len();
-    let act = |t: usize| &x[t * x_stride..t * x_stride + cols];
-    let mut no_prefetch = PrefetchL2::new::<u16>(&[], 1);
-    let mut t = 0;
-    while t < tokens {
-        let n = (tokens - t).min(F16_TOKENS_PER_PASS);
-        let mut put = |tile: &[f32], width: usize| {
-            for (r, values) in tile.chunks_exact(width).enumerate() {
-                out[r * tokens + t..r * tokens + t + width].copy_from_slice(values);
-            }
-        };
-        macro_rules! pass {
-            ($n:literal) => {
-                // SAFETY: the caller's contract; every `act(..)` has `cols` values.
-                put(
-                    unsafe {
-                        f16_tile_avx512::<R, $n>(
-                            w,
-                            std::array::from_fn(|i| act(t + i)),
-                            if t == 0 {
-                                &mut *prefetch
-                            } else {
-                                &mut no_prefetch
-                            },
-                        )
-                    }
-                    .as_flattened(),
-                    $n,
-                )
-            };
-        }
-        match n {
-            1 => pass!(1),
-            2 => pass!(2),
-            3 => pass!(3),
-            4 => pass!(4),
-            5 => pass!(5),
-            _ => pass!(6),
-        }
-        t += n;
-    }
-}
-
-/// `R` f16 rows against `T` tokens, 16 columns per step (one prefetch step each): `[r][t]`.
-///
-/// # Safety
-/// AVX-512F; every `w[r]` and `x[t]` has the same length.
-#[target_feature(enable = "avx512f")]
-unsafe fn f16_tile_avx512<const R: usize, const T: usize>(
-    w: [&[u16]; R],
-    x: [&[f32]; T],
-    prefetch: &mut PrefetchL2<'_>,
-) -> [[f32; T]; R] {
     let at = prefetch.at();
-    let n = w[0].len();
-    let mut acc = [[_mm512_setzero_ps(); T]; R];
-    let mut wv = [_mm512_setzero_ps(); R];
-    let mut i = 0;
-    while i + 16 <= n {
-        at.step(i / 16);
-        for (v, row) in wv.iter_mut().zip(&w) {
-            // SAFETY: i + 16 <= n == row.len().
-            *v = _mm512_cvtph_ps(unsafe {
-                _mm256_loadu_si256(row.as_ptr().add(i) as *const __m256i)
-            });
-        }
-        for (t, x) in x.iter().enumerate() {
-            // SAFETY: i + 16 <= n == x.len().
-            let xv = unsafe { _mm512_loadu_ps(x.as_ptr().add(i)) };
-            for (acc, v) in acc.iter_mut().zip(&wv) {
-                acc[t] = _mm512_fmadd_ps(*v, xv, acc[t]);
+    let mut acc = [[_mm512_setzero_ps(); S]; T];
+    let column = |k: usize| {
+        // SAFETY: k < cols, so the column's 16 halves are inside the panel.
+        _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(w.add(k * 16) as *const __m256i) })
+    };
+    let mut k = 0;
+    while k + S <= cols {
+        for s in 0..S {
+            at.step(k + s);
+            let wv = column(k + s);
+            for (t, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: (k + s) * T + t < cols * T.
+                let xv = _mm512_set1_ps(unsafe { *x.add((k + s) * T + t) });
+                acc[s] = _mm512_fmadd_ps(wv, xv, acc[s]);
             }
         }
-        i += 16;
+        k += S;
     }
-    prefetch.advance(n / 16);
-    let mut out = [[0f32; T]; R];
-    for ((out, acc), row) in out.iter_mut().zip(&acc).zip(&w) {
-        for ((out, acc), x) in out.iter_mut().zip(acc).zip(&x) {
-            *out = _mm512_reduce_add_ps(*acc) + crate::scalar::f16_dot(&row[i..], &x[i..]);
+    while k < cols {
+        let wv = column(k);
+        for (t, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: k * T + t < cols * T.
+            let xv = _mm512_set1_ps(unsafe { *x.add(k * T + t) });
+            acc[0] = _mm512_fmadd_ps(wv, xv, acc[0]);
         }
+        k += 1;
     }
-    out
+    prefetch.advance(cols);
+    for (t, acc) in acc.iter().enumerate() {
+        let sum = acc[1..].iter().fold(acc[0], |a, &b| _mm512_add_ps(a, b));
+        // SAFETY: t * 16 + 16 <= T * 16.
+        unsafe { _mm512_storeu_ps(out.add(t * 16), sum) };
+    }
 }
