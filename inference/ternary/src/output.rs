@@ -84,17 +84,32 @@ impl OutputMatrix {
         check_shape(rows, cols, bytes.len(), 2)?;
         let panels = rows.div_ceil(F16_PANEL);
         let mut packed = vec![0u16; panels * cols * F16_PANEL];
-        // Panel by panel, so the 16 source rows are read as 16 sequential streams and the panel
-        // is written in order.
-        for (panel, out) in packed.chunks_exact_mut(cols * F16_PANEL).enumerate() {
-            let first = panel * F16_PANEL;
-            for i in 0..F16_PANEL.min(rows - first) {
-                let row = &bytes[(first + i) * cols * 2..(first + i + 1) * cols * 2];
-                for (k, b) in row.chunks_exact(2).enumerate() {
-                    out[k * F16_PANEL + i] = u16::from_le_bytes([b[0], b[1]]);
+        // A panel at a time, column by column, so the 16 source rows are read as 16 sequential
+        // streams and the panel is written in order; panels are split across the cores (the
+        // 2B4T output layer is 657 MB, and start-up waits for it).
+        let repack = |first_panel: usize, out: &mut [u16]| {
+            for (p, out) in out.chunks_exact_mut(cols * F16_PANEL).enumerate() {
+                let first = (first_panel + p) * F16_PANEL;
+                let here = F16_PANEL.min(rows - first);
+                let source = &bytes[first * cols * 2..(first + here) * cols * 2];
+                let rows_of: Vec<&[u8]> = source.chunks_exact(cols * 2).collect();
+                for (k, column) in out.chunks_exact_mut(F16_PANEL).enumerate() {
+                    for (value, row) in column.iter_mut().zip(&rows_of) {
+                        *value = u16::from_le_bytes([row[2 * k], row[2 * k + 1]]);
+                    }
                 }
             }
-        }
+        };
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(panels);
+        let per_worker = panels.div_ceil(workers.max(1));
+        std::thread::scope(|scope| {
+            for (w, out) in packed.chunks_mut(per_worker * cols * F16_PANEL).enumerate() {
+                let repack = &repack;
+                scope.spawn(move || repack(w * per_worker, out));
+            }
+        });
         Ok(OutputMatrix {
             rows,
             cols,
