@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-use ternary::QuantizedActivations;
+use ternary::{QuantizedActivations, ThreadPool};
 
 use crate::model::{Model, Projection};
 
@@ -270,13 +270,8 @@ impl Model {
 
         for (layer_index, layer) in self.layers.iter().enumerate() {
             // Attention block.
-            rms_norm(
-                &s.hidden,
-                &layer.attn_norm,
-                c.rms_eps,
-                &mut s.normed[..n * h],
-            );
-            let acts = quantize(&mut s.acts, &s.normed[..n * h], h);
+            self.rms_norm_rows(&s.hidden, &layer.attn_norm, &mut s.normed[..n * h]);
+            let acts = quantize(&mut s.acts, &s.normed[..n * h], h, &self.pool);
             self.project(&layer.attn_q, acts, &mut s.q)?;
             self.project(&layer.attn_k, acts, &mut s.k)?;
             self.project(&layer.attn_v, acts, &mut s.v)?;
@@ -301,36 +296,21 @@ impl Model {
                 }
             }
             self.attention(cache, layer_index, batch, &s.q, &mut s.attn, &mut s.workers);
-            rms_norm(
-                &s.attn,
-                &layer.attn_sub_norm,
-                c.rms_eps,
-                &mut s.normed[..n * qd],
-            );
-            let acts = quantize(&mut s.acts, &s.normed[..n * qd], qd);
+            self.rms_norm_rows(&s.attn, &layer.attn_sub_norm, &mut s.normed[..n * qd]);
+            let acts = quantize(&mut s.acts, &s.normed[..n * qd], qd, &self.pool);
             self.project(&layer.attn_output, acts, &mut s.proj)?;
             for (hv, p) in s.hidden.iter_mut().zip(&s.proj) {
                 *hv += p;
             }
 
             // Feed-forward block.
-            rms_norm(
-                &s.hidden,
-                &layer.ffn_norm,
-                c.rms_eps,
-                &mut s.normed[..n * h],
-            );
-            let acts = quantize(&mut s.acts, &s.normed[..n * h], h);
+            self.rms_norm_rows(&s.hidden, &layer.ffn_norm, &mut s.normed[..n * h]);
+            let acts = quantize(&mut s.acts, &s.normed[..n * h], h, &self.pool);
             self.project(&layer.ffn_gate, acts, &mut s.gate)?;
             self.project(&layer.ffn_up, acts, &mut s.up)?;
             c.activation.apply_gated(&mut s.gate, &s.up);
-            rms_norm(
-                &s.gate,
-                &layer.ffn_sub_norm,
-                c.rms_eps,
-                &mut s.normed[..n * f],
-            );
-            let acts = quantize(&mut s.acts, &s.normed[..n * f], f);
+            self.rms_norm_rows(&s.gate, &layer.ffn_sub_norm, &mut s.normed[..n * f]);
+            let acts = quantize(&mut s.acts, &s.normed[..n * f], f, &self.pool);
             self.project(&layer.ffn_down, acts, &mut s.proj)?;
             for (hv, p) in s.hidden.iter_mut().zip(&s.proj) {
                 *hv += p;
@@ -410,6 +390,16 @@ impl Model {
             }
         }
         Ok(())
+    }
+
+    /// RMSNorm of every token row of `x` into `out`, the tokens shared out among the workers
+    /// (with the second core idle otherwise, this per-token work showed in batched steps).
+    fn rms_norm_rows(&self, x: &[f32], weight: &[f32], out: &mut [f32]) {
+        let width = weight.len();
+        let eps = self.config.rms_eps;
+        self.pool.for_each_chunk_mut(out, width, |token, row| {
+            rms_norm(&x[token * width..(token + 1) * width], weight, eps, row)
+        });
     }
 
     fn project(
@@ -501,18 +491,16 @@ impl Model {
     }
 }
 
+/// Quantises `x` into the reused buffer, the tokens shared out among the pool's workers.
 fn quantize<'a>(
     slot: &'a mut Option<QuantizedActivations>,
     x: &[f32],
     cols: usize,
+    pool: &ThreadPool,
 ) -> &'a QuantizedActivations {
-    match slot {
-        Some(acts) => {
-            acts.requantize(x, cols);
-            acts
-        }
-        None => slot.insert(QuantizedActivations::quantize(x, cols)),
-    }
+    let acts = slot.get_or_insert_with(QuantizedActivations::default);
+    acts.requantize_on(x, cols, pool);
+    acts
 }
 
 /// One sequence with its own cache: the simple way to decode when batching is not needed.

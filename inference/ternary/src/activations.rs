@@ -4,6 +4,8 @@
 use crate::dispatch::{active_or_scalar_table, KernelTable};
 use crate::error::FormatError;
 use crate::format::CHUNK;
+use crate::pool::ThreadPool;
+use crate::shared_out::SharedOut;
 
 const ALIGN: usize = 64;
 /// 1.5·2^23: adding and subtracting it rounds any |v| < 2^22 to an integer, half to even.
@@ -93,6 +95,24 @@ impl QuantizedActivations {
 
     /// [`Self::requantize`], with a shape error instead of a panic.
     pub fn try_requantize(&mut self, x: &[f32], cols: usize) -> Result<(), FormatError> {
+        self.requantize_with(x, cols, None)
+    }
+
+    /// [`Self::requantize`] with the tokens shared out among `pool`'s workers; the same result.
+    ///
+    /// # Panics
+    /// As [`Self::quantize`].
+    pub fn requantize_on(&mut self, x: &[f32], cols: usize, pool: &ThreadPool) {
+        self.requantize_with(x, cols, Some(pool))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn requantize_with(
+        &mut self,
+        x: &[f32],
+        cols: usize,
+        pool: Option<&ThreadPool>,
+    ) -> Result<(), FormatError> {
         if cols == 0 || !x.len().is_multiple_of(cols) || cols > crate::format::MAX_COLS {
             return Err(FormatError::InputLength {
                 cols,
@@ -103,24 +123,42 @@ impl QuantizedActivations {
         let stride = cols.div_ceil(CHUNK) * CHUNK;
         let chunks = stride / CHUNK;
         self.resize(tokens, cols, stride);
-        self.scales.clear();
-        self.sums.clear();
-        self.chunk_sums.clear();
-        let offset = self.offset;
+        // Every entry is overwritten below; resizing (not clearing) lets workers fill their own.
+        self.scales.resize(tokens, 0.0);
+        self.sums.resize(tokens, 0);
+        self.chunk_sums.resize(tokens * chunks, 0);
         let table = active_or_scalar_table();
-        for (token, input) in x.chunks_exact(cols).enumerate() {
-            let row = &mut self.storage[offset + token * stride..offset + (token + 1) * stride];
+        let offset = self.offset;
+        let storage = &mut self.storage[offset..offset + tokens * stride];
+        let (scales, sums) = (
+            SharedOut::new(&mut self.scales),
+            SharedOut::new(&mut self.sums),
+        );
+        let chunk_sums = SharedOut::new(&mut self.chunk_sums);
+        let quantize_token = |token: usize, row: &mut [i8]| {
+            let input = &x[token * cols..(token + 1) * cols];
             let scale = quantize_row(&table, input, row);
             row[cols..].fill(0);
+            // SAFETY: token `token`'s entries are written by this call only.
+            let token_chunk_sums = unsafe { chunk_sums.slice(token * chunks, chunks) };
             let mut total = 0i32;
-            for chunk in row.chunks_exact(CHUNK) {
-                let sum: i32 = chunk.iter().map(|&q| i32::from(q)).sum();
-                self.chunk_sums.push(sum);
-                total += sum;
+            for (chunk, sum) in row.chunks_exact(CHUNK).zip(token_chunk_sums) {
+                *sum = chunk.iter().map(|&q| i32::from(q)).sum();
+                total += *sum;
             }
-            debug_assert_eq!(self.chunk_sums.len(), (token + 1) * chunks);
-            self.scales.push(scale);
-            self.sums.push(total);
+            // SAFETY: as above.
+            unsafe {
+                scales.write(token, scale);
+                sums.write(token, total);
+            }
+        };
+        match pool {
+            Some(pool) => pool.for_each_chunk_mut(storage, stride, quantize_token),
+            None => {
+                for (token, row) in storage.chunks_exact_mut(stride).enumerate() {
+                    quantize_token(token, row);
+                }
+            }
         }
         Ok(())
     }

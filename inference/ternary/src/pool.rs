@@ -14,6 +14,8 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::shared_out::SharedOut;
+
 /// How long an idle worker polls for the next job before parking. Long enough to cover the gaps
 /// between the products of one decode step (norms, RoPE, attention), short enough to give the
 /// core back when the server is idle.
@@ -200,6 +202,41 @@ pub(crate) fn for_each_chunk(
             });
         }
         _ => f(0..items),
+    }
+}
+
+impl ThreadPool {
+    /// Calls `f(i, chunk)` for the `i`-th `chunk_len`-sized chunk of `data` (the last may be
+    /// shorter), the chunks shared out among the pool's workers: per-token work (a norm, say) on
+    /// rows of a batch, without each caller needing its own synchronisation. With one chunk, or
+    /// one worker, it runs on the calling thread.
+    ///
+    /// # Panics
+    /// If `chunk_len` is 0 and `data` is not empty.
+    pub fn for_each_chunk_mut<T: Send>(
+        &self,
+        data: &mut [T],
+        chunk_len: usize,
+        f: impl Fn(usize, &mut [T]) + Sync,
+    ) {
+        if data.is_empty() {
+            return;
+        }
+        assert!(
+            chunk_len > 0,
+            "for_each_chunk_mut needs a chunk length above 0"
+        );
+        let (len, chunks) = (data.len(), data.len().div_ceil(chunk_len));
+        let shared = SharedOut::new(data);
+        for_each_chunk(Some(self), chunks, |range| {
+            for i in range {
+                let start = i * chunk_len;
+                // SAFETY: `for_each_chunk` hands every chunk index to exactly one call, and
+                // chunks are disjoint ranges of `data`.
+                let chunk = unsafe { shared.slice(start, chunk_len.min(len - start)) };
+                f(i, chunk);
+            }
+        });
     }
 }
 

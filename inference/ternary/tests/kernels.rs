@@ -388,6 +388,50 @@ fn output_layer_kernels_agree_with_reference() {
 }
 
 #[test]
+fn pool_chunks_cover_the_slice_once_each_with_their_index() {
+    for threads in [1, 2, 3] {
+        let pool = ThreadPool::new(threads);
+        for (len, chunk_len) in [(0, 4), (1, 4), (16, 1), (17, 4), (100, 7)] {
+            let mut data = vec![0usize; len];
+            pool.for_each_chunk_mut(&mut data, chunk_len, |i, chunk| {
+                assert!(chunk.len() == chunk_len || (i + 1) * chunk_len >= len);
+                for (j, v) in chunk.iter_mut().enumerate() {
+                    *v += i * chunk_len + j + 1;
+                }
+            });
+            let want: Vec<usize> = (1..=len).collect();
+            assert_eq!(
+                data, want,
+                "{threads} threads, {len} values in chunks of {chunk_len}"
+            );
+        }
+    }
+}
+
+#[test]
+fn quantising_on_the_pool_gives_the_same_activations() {
+    let mut rng = Rng::new(29);
+    let pool = ThreadPool::new(3);
+    for (tokens, cols) in [(1, 2560), (16, 2560), (5, 300), (16, 6912)] {
+        let x = rng.floats(tokens * cols);
+        let serial = QuantizedActivations::quantize(&x, cols);
+        // A reused buffer that held a larger batch before, as in a decode loop.
+        let mut parallel = QuantizedActivations::quantize(&rng.floats(20 * cols), cols);
+        parallel.requantize_on(&x, cols, &pool);
+        assert_eq!(parallel.tokens(), tokens);
+        for t in 0..tokens {
+            assert_eq!(
+                parallel.token(t),
+                serial.token(t),
+                "token {t} of {tokens}x{cols}"
+            );
+            assert_eq!(parallel.scale(t), serial.scale(t));
+            assert_eq!(parallel.sum(t), serial.sum(t));
+        }
+    }
+}
+
+#[test]
 fn pool_runs_every_worker_once_and_reports_panics() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     for threads in [1, 2, 3, 5] {
