@@ -24,6 +24,11 @@ pub(crate) const F16_PANEL: usize = 16;
 /// as one sequential stream that the hardware prefetcher follows best on its own.
 const PREFETCH_MIN_TOKENS: usize = 4;
 
+thread_local! {
+    /// The F16 product's transposed activations, per calling thread.
+    static TRANSPOSED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Values per int8 block, each with its own scale; the last block of a row may be shorter.
 pub const Q8_BLOCK: usize = 256;
 
@@ -308,46 +313,50 @@ impl OutputMatrix {
         let (rows, cols) = (self.rows, self.cols);
         let panel_len = cols * F16_PANEL;
         // Each batch of tokens transposed (`[k][t]`), so a kernel broadcasts one value per token.
-        let mut xt = vec![0f32; tokens * cols];
-        for first in (0..tokens).step_by(F16_PANEL) {
-            let count = F16_PANEL.min(tokens - first);
-            let block = &mut xt[first * cols..(first + count) * cols];
-            for t in 0..count {
-                let token = &x[(first + t) * cols..(first + t + 1) * cols];
-                for (k, &v) in token.iter().enumerate() {
-                    block[k * count + t] = v;
-                }
-            }
-        }
-        let out = SharedOut::new(out);
-        let count = rows.div_ceil(F16_PANEL);
-        for_each_chunk(pool, count, |range: std::ops::Range<usize>| {
-            let mut values = [0f32; F16_PANEL * F16_PANEL];
-            let last = range.end;
-            for panel in range {
-                let weights = &panels[panel * panel_len..(panel + 1) * panel_len];
-                let first_row = panel * F16_PANEL;
-                let rows_here = F16_PANEL.min(rows - first_row);
-                for first in (0..tokens).step_by(F16_PANEL) {
-                    let n = F16_PANEL.min(tokens - first);
-                    // The first batch of tokens reads the panel from memory; it fetches the
-                    // next one meanwhile.
-                    let ahead = if first == 0 && n >= PREFETCH_MIN_TOKENS && panel + 1 < last {
-                        &panels[(panel + 1) * panel_len..(panel + 2) * panel_len]
-                    } else {
-                        &[]
-                    };
-                    let xs = &xt[first * cols..(first + n) * cols];
-                    (table.f16_panel)(weights, xs, n, &mut values[..n * F16_PANEL], ahead);
-                    for (t, sums) in values[..n * F16_PANEL].chunks_exact(F16_PANEL).enumerate() {
-                        let base = (first + t) * rows + first_row;
-                        for (i, &value) in sums[..rows_here].iter().enumerate() {
-                            // SAFETY: rows of this panel belong to a range claimed by this call only.
-                            unsafe { out.write(base + i, value) };
-                        }
+        // The buffer is the calling thread's and is reused, so a decode loop does not allocate.
+        TRANSPOSED.with_borrow_mut(|xt| {
+            xt.resize(tokens * cols, 0.0);
+            for first in (0..tokens).step_by(F16_PANEL) {
+                let count = F16_PANEL.min(tokens - first);
+                let block = &mut xt[first * cols..(first + count) * cols];
+                for t in 0..count {
+                    let token = &x[(first + t) * cols..(first + t + 1) * cols];
+                    for (k, &v) in token.iter().enumerate() {
+                        block[k * count + t] = v;
                     }
                 }
             }
+            let out = SharedOut::new(out);
+            let count = rows.div_ceil(F16_PANEL);
+            for_each_chunk(pool, count, |range: std::ops::Range<usize>| {
+                let mut values = [0f32; F16_PANEL * F16_PANEL];
+                let last = range.end;
+                for panel in range {
+                    let weights = &panels[panel * panel_len..(panel + 1) * panel_len];
+                    let first_row = panel * F16_PANEL;
+                    let rows_here = F16_PANEL.min(rows - first_row);
+                    for first in (0..tokens).step_by(F16_PANEL) {
+                        let n = F16_PANEL.min(tokens - first);
+                        // The first batch of tokens reads the panel from memory; it fetches the
+                        // next one meanwhile.
+                        let ahead = if first == 0 && n >= PREFETCH_MIN_TOKENS && panel + 1 < last {
+                            &panels[(panel + 1) * panel_len..(panel + 2) * panel_len]
+                        } else {
+                            &[]
+                        };
+                        let xs = &xt[first * cols..(first + n) * cols];
+                        (table.f16_panel)(weights, xs, n, &mut values[..n * F16_PANEL], ahead);
+                        for (t, sums) in values[..n * F16_PANEL].chunks_exact(F16_PANEL).enumerate()
+                        {
+                            let base = (first + t) * rows + first_row;
+                            for (i, &value) in sums[..rows_here].iter().enumerate() {
+                                // SAFETY: rows of this panel belong to a range claimed by this call only.
+                                unsafe { out.write(base + i, value) };
+                            }
+                        }
+                    }
+                }
+            });
         });
     }
 
