@@ -466,11 +466,12 @@ impl Model {
                 ternary::attention_scores(queries, keys, hd, inv_sqrt, &mut ws.scores, len);
                 for scores in ws.scores.chunks_exact_mut(len) {
                     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-                    let mut total = 0.0;
+                    // The vectorised exp: a libm call per score grew with the context (20 heads ×
+                    // every cached position × 30 layers per token).
                     for s in scores.iter_mut() {
-                        *s = (*s - max).exp();
-                        total += *s;
+                        *s = crate::vector_math::exp(*s - max);
                     }
+                    let total: f32 = scores.iter().sum();
                     for s in scores.iter_mut() {
                         *s /= total;
                     }
