@@ -349,10 +349,9 @@ impl OutputMatrix {
                         for (t, sums) in values[..n * F16_PANEL].chunks_exact(F16_PANEL).enumerate()
                         {
                             let base = (first + t) * rows + first_row;
-                            for (i, &value) in sums[..rows_here].iter().enumerate() {
-                                // SAFETY: rows of this panel belong to a range claimed by this call only.
-                                unsafe { out.write(base + i, value) };
-                            }
+                            // SAFETY: rows of this panel belong to a range claimed by this call only.
+                            let out = unsafe { out.slice(base, rows_here) };
+                            out.copy_from_slice(&sums[..rows_here]);
                         }
                     }
                 }
