@@ -297,9 +297,9 @@ fn hsum_f32(v: __m256) -> f32 {
 fn f16_panel(panel: &[u16], xt: &[f32], tokens: usize, out: &mut [f32], ahead: &[u16]) {
     let cols = check_panel_args(panel.len(), xt.len(), tokens, out.len());
     let (w, x, out) = (panel.as_ptr(), xt.as_ptr(), out.as_mut_ptr());
+    let mut prefetch = PrefetchL2::new(ahead, cols);
     macro_rules! run {
         ($t:literal, $s:literal) => {{
-            let mut prefetch = PrefetchL2::new(ahead, cols);
             // SAFETY: installed only after detecting AVX-512F (F16C conversions are part of it);
             // `check_panel_args` proved the panel has `cols * 16` values, `xt` `cols * tokens`
             // and `out` `tokens * 16`.

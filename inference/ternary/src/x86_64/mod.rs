@@ -20,7 +20,6 @@ pub(crate) struct PrefetchL2<'a> {
     end: *const i8,
     /// Bytes requested per step: one line, or two (the second at `next + LINE`).
     per_step: usize,
-    second: usize,
     _slice: PhantomData<&'a [u8]>,
 }
 
@@ -38,7 +37,6 @@ impl<'a> PrefetchL2<'a> {
             next: if ahead.is_empty() { end } else { first_line },
             end,
             per_step: per_step_lines * LINE,
-            second: (per_step_lines - 1) * LINE,
             _slice: PhantomData,
         }
     }
@@ -53,7 +51,6 @@ impl<'a> PrefetchL2<'a> {
             start: self.next,
             end: self.end,
             per_step: self.per_step,
-            second: self.second,
         }
     }
 
@@ -73,7 +70,6 @@ pub(crate) struct PrefetchCursor {
     start: *const i8,
     end: *const i8,
     per_step: usize,
-    second: usize,
 }
 
 impl PrefetchCursor {
@@ -81,7 +77,8 @@ impl PrefetchCursor {
     #[inline(always)]
     fn lines(self, k: usize) -> Option<[*const i8; 2]> {
         let line = self.start.wrapping_add(k * self.per_step);
-        (line < self.end).then(|| [line, line.wrapping_add(self.second)])
+        // The second address is the next line when a step takes two, else the same line again.
+        (line < self.end).then(|| [line, line.wrapping_add(self.per_step - LINE)])
     }
 
     /// Requests the line or two of step `k` counted from this position.
