@@ -1,9 +1,10 @@
 //! `OutputMatrix`: the output layer (the tied token embedding of BitNet 2B4T, 128256×2560), kept
-//! as F16 (in 16-row panels, see [`F16_PANEL`]) or F32, and optionally repacked to int8 in q8 style (blocks of 256 int8 values with an
-//! f32 scale each, 8.125 bits per weight instead of 16), dotted with int8 activations quantised
-//! the same way (as llama.cpp's Q8_K). It is the largest single read of a decode step, so halving
-//! its bytes matters. Blocks of 256 rather than q8_0's 32 keep the float work per block small
-//! enough that the product stays memory-bound, and the error is far below the ternary layers'.
+//! as F16 (in 16-row panels, see [`F16_PANEL`]) or F32, and optionally repacked to int8 in q8
+//! style (blocks of 256 int8 values with an f32 scale each, 8.125 bits per weight instead of 16),
+//! dotted with int8 activations quantised the same way (as llama.cpp's Q8_K). It is the largest
+//! single read of a decode step, so halving its bytes matters. Blocks of 256 rather than q8_0's 32
+//! keep the float work per block small enough that the product stays memory-bound, and the error
+//! is far below the ternary layers'.
 
 use crate::activations::round_half_even;
 use crate::dispatch::{active_table, table_for, Kernel, KernelTable};
@@ -44,7 +45,7 @@ enum Storage {
     },
 }
 
-/// A dense output-layer matrix, `rows × cols`, row-major.
+/// A dense output-layer matrix, `rows × cols`: F16 in panels, F32 and int8 row-major.
 #[derive(Debug, Clone)]
 pub struct OutputMatrix {
     rows: usize,
