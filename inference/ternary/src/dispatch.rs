@@ -25,6 +25,13 @@ pub(crate) type TernaryTileFn =
 /// Float sums; the order may differ between ISAs. `ahead` is as for [`TernaryTileFn`].
 pub(crate) type F16PanelFn =
     fn(panel: &[u16], xt: &[f32], tokens: usize, out: &mut [f32], ahead: &[u16]);
+/// One panel of the F16 output layer against `tokens` (1..=16) activation rows rounded to BF16,
+/// given as transposed pairs: `xp[p * tokens + t]` holds token t's columns 2p (low half) and
+/// 2p + 1 (high half); an odd last column is paired with zero. The weights are rounded to BF16
+/// too, products are summed in f32 (`vdpbf16ps`): `out[t * 16 + i] ≈ Σ_k w(i, k) · x(t, k)`, with
+/// the error bound of [`crate::output`]'s exact-argmax product, which is the only user.
+pub(crate) type Bf16PanelFn =
+    fn(panel: &[u16], xp: &[u32], tokens: usize, out: &mut [f32], ahead: &[u16]);
 /// Σ w·x for f32 rows of equal length.
 pub(crate) type F32DotFn = fn(w: &[f32], x: &[f32]) -> f32;
 /// One int8 row (blocks of `Q8_BLOCK` values, the last possibly shorter, scales `w_scales`)
@@ -83,6 +90,25 @@ pub(crate) fn check_panel_args(
     cols
 }
 
+/// Checks the arguments of a [`Bf16PanelFn`] and returns the panel's column count; SIMD kernels
+/// rely on it for memory safety.
+pub(crate) fn check_bf16_panel_args(
+    panel_len: usize,
+    xp_len: usize,
+    tokens: usize,
+    out_len: usize,
+) -> usize {
+    // Same shape rules as the F16 panel, with half as many (paired) activations.
+    let cols = check_panel_args(panel_len, usize::MAX, tokens, out_len);
+    let pairs = cols.div_ceil(2);
+    assert!(
+        xp_len >= pairs * tokens,
+        "paired activations hold {xp_len} values, need {}",
+        pairs * tokens
+    );
+    cols
+}
+
 /// Checks the arguments of an output-layer row kernel; SIMD kernels rely on it for memory safety.
 pub(crate) fn check_rows_args(
     cols: usize,
@@ -114,6 +140,9 @@ pub(crate) struct KernelTable {
     pub kernel: Kernel,
     pub ternary_tile: TernaryTileFn,
     pub f16_panel: F16PanelFn,
+    /// Only where the CPU has a BF16 dot product: the scalar emulation is slower than the F16
+    /// product it approximates.
+    pub bf16_panel: Option<Bf16PanelFn>,
     pub f32_dot: F32DotFn,
     pub q8_rows: Q8RowsFn,
     pub quantize_row: QuantizeRowFn,
@@ -232,6 +261,7 @@ fn scalar_table() -> KernelTable {
         kernel: Kernel::Scalar,
         ternary_tile: crate::scalar::ternary_tile,
         f16_panel: crate::scalar::f16_panel,
+        bf16_panel: None,
         f32_dot: crate::scalar::f32_dot,
         q8_rows: crate::scalar::q8_rows,
         quantize_row: crate::activations::quantize_row_scalar,

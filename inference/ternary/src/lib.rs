@@ -36,3 +36,12 @@ pub use format::{decode, encode, ternarize_absmean, Decoded, WeightFormat, MAX_C
 pub use matrix::TernaryMatrix;
 pub use output::{OutputMatrix, Q8_BLOCK};
 pub use pool::ThreadPool;
+
+/// The AVX-512 BF16 panel kernel when the CPU has one (for tests that compare it).
+#[cfg(test)]
+fn x86_64_bf16() -> Option<dispatch::Bf16PanelFn> {
+    #[cfg(target_arch = "x86_64")]
+    return x86_64::avx512bf16::detect();
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}

@@ -13,6 +13,8 @@ use crate::pool::{for_each_chunk, ThreadPool};
 use crate::shared_out::SharedOut;
 use half::f16;
 
+mod argmax;
+
 /// Tokens handed to one row kernel call: the row is read from memory once per batch.
 const TOKEN_BATCH: usize = 16;
 
@@ -37,7 +39,12 @@ pub const Q8_BLOCK: usize = 256;
 enum Storage {
     /// Panels of [`F16_PANEL`] rows, column-major inside a panel: row r, column k is at
     /// `(r / 16 * cols + k) * 16 + r % 16`. The last panel is padded with zero rows.
-    F16Panels(Vec<u16>),
+    /// `row_norms[r]` is at least row r's Euclidean norm (rounded up), for the error bound of
+    /// [`OutputMatrix::try_matmul_exact_argmax`].
+    F16Panels {
+        halves: Vec<u16>,
+        row_norms: Vec<f32>,
+    },
     F32(Vec<f32>),
     Int8 {
         values: Vec<i8>,
@@ -90,19 +97,35 @@ impl OutputMatrix {
         check_shape(rows, cols, bytes.len(), 2)?;
         let panels = rows.div_ceil(F16_PANEL);
         let mut packed = vec![0u16; panels * cols * F16_PANEL];
+        let mut row_norms = vec![0f32; panels * F16_PANEL];
         // A panel at a time, column by column, so the 16 source rows are read as 16 sequential
         // streams and the panel is written in order; panels are split across the cores (the
         // 2B4T output layer is 657 MB, and start-up waits for it).
-        let repack = |first_panel: usize, out: &mut [u16]| {
-            for (p, out) in out.chunks_exact_mut(cols * F16_PANEL).enumerate() {
+        // Every f16's square is exact in f32 (11 significant bits become at most 22).
+        let squares_of: Vec<f32> = (0..=u16::MAX)
+            .map(|bits| f16::from_bits(bits).to_f32().powi(2))
+            .collect();
+        let repack = |first_panel: usize, out: &mut [u16], norms: &mut [f32]| {
+            let panels_out = out.chunks_exact_mut(cols * F16_PANEL);
+            for (p, (out, norms)) in panels_out
+                .zip(norms.chunks_exact_mut(F16_PANEL))
+                .enumerate()
+            {
                 let first = (first_panel + p) * F16_PANEL;
                 let here = F16_PANEL.min(rows - first);
                 let source = &bytes[first * cols * 2..(first + here) * cols * 2];
                 let rows_of: Vec<&[u8]> = source.chunks_exact(cols * 2).collect();
+                let mut squares = [0f64; F16_PANEL];
                 for (k, column) in out.chunks_exact_mut(F16_PANEL).enumerate() {
-                    for (value, row) in column.iter_mut().zip(&rows_of) {
+                    for ((value, row), square) in column.iter_mut().zip(&rows_of).zip(&mut squares)
+                    {
                         *value = u16::from_le_bytes([row[2 * k], row[2 * k + 1]]);
+                        *square += f64::from(squares_of[usize::from(*value)]);
                     }
+                }
+                for (norm, square) in norms.iter_mut().zip(squares) {
+                    // Rounded up, so the error bound built on it stays a bound.
+                    *norm = (square.sqrt() as f32).next_up();
                 }
             }
         };
@@ -111,15 +134,23 @@ impl OutputMatrix {
             .min(panels);
         let per_worker = panels.div_ceil(workers.max(1));
         std::thread::scope(|scope| {
-            for (w, out) in packed.chunks_mut(per_worker * cols * F16_PANEL).enumerate() {
+            let norms = row_norms.chunks_mut(per_worker * F16_PANEL);
+            for (w, (out, norms)) in packed
+                .chunks_mut(per_worker * cols * F16_PANEL)
+                .zip(norms)
+                .enumerate()
+            {
                 let repack = &repack;
-                scope.spawn(move || repack(w * per_worker, out));
+                scope.spawn(move || repack(w * per_worker, out, norms));
             }
         });
         Ok(OutputMatrix {
             rows,
             cols,
-            storage: Storage::F16Panels(packed),
+            storage: Storage::F16Panels {
+                halves: packed,
+                row_norms,
+            },
             kernels: active_table()?,
         })
     }
@@ -181,7 +212,7 @@ impl OutputMatrix {
     /// Bytes streamed by one product.
     pub fn weight_bytes(&self) -> usize {
         match &self.storage {
-            Storage::F16Panels(v) => 2 * v.len(),
+            Storage::F16Panels { halves, .. } => 2 * halves.len(),
             Storage::F32(v) => 4 * v.len(),
             Storage::Int8 { values, scales } => values.len() + 4 * scales.len(),
         }
@@ -200,7 +231,7 @@ impl OutputMatrix {
         let out = &mut out[..self.cols];
         let range = r * self.cols..(r + 1) * self.cols;
         match &self.storage {
-            Storage::F16Panels(v) => {
+            Storage::F16Panels { halves: v, .. } => {
                 let panel = &v[r / F16_PANEL * self.cols * F16_PANEL..][..self.cols * F16_PANEL];
                 let column = panel[r % F16_PANEL..].iter().step_by(F16_PANEL);
                 for (o, &bits) in out.iter_mut().zip(column) {
@@ -295,7 +326,9 @@ impl OutputMatrix {
         pool: Option<&ThreadPool>,
     ) {
         match &self.storage {
-            Storage::F16Panels(panels) => self.run_panels(table, panels, x, tokens, out, pool),
+            Storage::F16Panels { halves, .. } => {
+                self.run_panels(table, halves, x, tokens, out, pool)
+            }
             _ => self.run_rows(table, x, tokens, out, pool),
         }
     }
@@ -405,7 +438,7 @@ impl OutputMatrix {
                         (Storage::Int8 { .. }, None) => {
                             unreachable!("int8 storage always quantises its input")
                         }
-                        (Storage::F16Panels(_), _) => {
+                        (Storage::F16Panels { .. }, _) => {
                             unreachable!("F16 products go through run_panels")
                         }
                     }

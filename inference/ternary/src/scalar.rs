@@ -50,6 +50,55 @@ pub(crate) fn f16_panel(panel: &[u16], xt: &[f32], tokens: usize, out: &mut [f32
     }
 }
 
+/// `x` rounded to BF16, to nearest with ties to even (as `vcvtne2ps2bf16`), as its 16 bits.
+/// NaN stays NaN.
+pub(crate) fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    let round = 0x7fff + ((bits >> 16) & 1);
+    (bits.wrapping_add(round) >> 16) as u16
+}
+
+#[cfg(test)]
+fn bf16_value(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+/// See [`crate::dispatch::Bf16PanelFn`]: the emulation the SIMD kernel is tested against. Each
+/// row's sum runs over the pairs in order, adding the low product then the high one in f32;
+/// hardware may differ in the last bits (subnormals are flushed there), within the bound.
+#[cfg(test)]
+pub(crate) fn bf16_panel(
+    panel: &[u16],
+    xp: &[u32],
+    tokens: usize,
+    out: &mut [f32],
+    _ahead: &[u16],
+) {
+    use crate::output::F16_PANEL;
+    let cols = crate::dispatch::check_bf16_panel_args(panel.len(), xp.len(), tokens, out.len());
+    let weight = |i: usize, k: usize| {
+        if k < cols {
+            bf16_value(bf16_bits(f16::from_bits(panel[k * F16_PANEL + i]).to_f32()))
+        } else {
+            0.0
+        }
+    };
+    for t in 0..tokens {
+        for i in 0..F16_PANEL {
+            let mut sum = 0f32;
+            for p in 0..cols.div_ceil(2) {
+                let pair = xp[p * tokens + t];
+                sum += weight(i, 2 * p) * bf16_value(pair as u16);
+                sum += weight(i, 2 * p + 1) * bf16_value((pair >> 16) as u16);
+            }
+            out[t * F16_PANEL + i] = sum;
+        }
+    }
+}
+
 /// Σ w·x, summed in order.
 pub(crate) fn f32_dot(w: &[f32], x: &[f32]) -> f32 {
     w.iter().zip(x).map(|(&w, &x)| w * x).sum()

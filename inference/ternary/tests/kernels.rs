@@ -523,3 +523,132 @@ fn fast_activation_rounding_matches_round_half_even() {
         }
     }
 }
+
+/// The first index of the largest value, NaN counting as -inf (the greedy sampler's rule).
+fn first_argmax(values: &[f32]) -> usize {
+    let key = |v: f32| if v.is_nan() { f32::NEG_INFINITY } else { v };
+    (0..values.len()).fold(0, |best, i| {
+        if key(values[i]) > key(values[best]) {
+            i
+        } else {
+            best
+        }
+    })
+}
+
+/// F16 rows in groups of near-copies: within a group logits differ by far less than the BF16
+/// product's error, so only the exact recomputation can tell them apart.
+fn near_tie_matrix(rng: &mut Rng, rows: usize, cols: usize) -> Vec<half::f16> {
+    let mut weights = Vec::with_capacity(rows * cols);
+    let mut base = Vec::new();
+    for r in 0..rows {
+        if r % 5 == 0 {
+            base = rng
+                .floats(cols)
+                .into_iter()
+                .map(|v| half::f16::from_f32(v * 0.1))
+                .collect();
+        }
+        let mut row = base.clone();
+        for _ in 0..3 {
+            let k = rng.below(cols);
+            let bits = row[k].to_bits();
+            row[k] = half::f16::from_bits(if rng.below(2) == 0 {
+                bits + 1
+            } else {
+                bits - 1
+            });
+        }
+        weights.extend(row);
+    }
+    weights
+}
+
+#[test]
+fn the_exact_argmax_product_picks_what_the_exact_product_picks() {
+    let mut rng = Rng::new(41);
+    let pool = ThreadPool::new(2);
+    for (rows, cols) in [(333, 611), (1000, 256)] {
+        let weights = near_tie_matrix(&mut rng, rows, cols);
+        let bytes: Vec<u8> = weights
+            .iter()
+            .flat_map(|w| w.to_bits().to_le_bytes())
+            .collect();
+        let matrix = OutputMatrix::from_f16_bytes(&bytes, rows, cols).unwrap();
+        for tokens in [1, 9, 10, 16, 17, 33] {
+            let x = rng.floats(tokens * cols);
+            let mut exact = vec![0.0; tokens * rows];
+            matrix.try_matmul(&x, tokens, &mut exact, &pool).unwrap();
+            let mut fast = vec![0.0; tokens * rows];
+            matrix
+                .try_matmul_exact_argmax(&x, tokens, &mut fast, &pool)
+                .unwrap();
+            for t in 0..tokens {
+                let (e, f) = (&exact[t * rows..][..rows], &fast[t * rows..][..rows]);
+                let best = first_argmax(e);
+                assert_eq!(
+                    first_argmax(f),
+                    best,
+                    "{rows}×{cols}, {tokens} tokens, token {t}"
+                );
+                let scale: f32 = weights[best * cols..][..cols]
+                    .iter()
+                    .zip(&x[t * cols..])
+                    .map(|(w, &v)| (w.to_f32() * v).abs())
+                    .sum();
+                assert!(
+                    (f[best] - e[best]).abs() <= 1e-5 * scale,
+                    "the maximum is exact"
+                );
+            }
+            let differ = fast.iter().zip(&exact).filter(|(f, e)| f != e).count();
+            if matrix.exact_argmax_is_faster(tokens) {
+                assert!(
+                    differ > 0,
+                    "the BF16 pass ran, so most rows are approximations"
+                );
+            } else {
+                assert_eq!(differ, 0, "without the fast path it is the exact product");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_exact_argmax_product_falls_back_where_no_bound_holds() {
+    let mut rng = Rng::new(43);
+    let pool = ThreadPool::new(2);
+    let (rows, cols, tokens) = (64, 128, 16);
+    let weights = near_tie_matrix(&mut rng, rows, cols);
+    let bytes: Vec<u8> = weights
+        .iter()
+        .flat_map(|w| w.to_bits().to_le_bytes())
+        .collect();
+    let matrix = OutputMatrix::from_f16_bytes(&bytes, rows, cols).unwrap();
+    // A NaN activation, or values large enough to overflow a bound: the exact product.
+    for poison in [f32::NAN, 3e38] {
+        let mut x = rng.floats(tokens * cols);
+        x[5 * cols + 7] = poison;
+        let mut exact = vec![0.0; tokens * rows];
+        matrix.try_matmul(&x, tokens, &mut exact, &pool).unwrap();
+        let mut fast = vec![0.0; tokens * rows];
+        matrix
+            .try_matmul_exact_argmax(&x, tokens, &mut fast, &pool)
+            .unwrap();
+        let differ = fast
+            .iter()
+            .zip(&exact)
+            .filter(|(f, e)| f.to_bits() != e.to_bits())
+            .count();
+        assert_eq!(
+            differ, 0,
+            "activation {poison}: values differ from the exact product"
+        );
+    }
+    // An infinite weight has no bound, and the int8 repack no fast path.
+    let mut bytes = bytes;
+    bytes[2 * 77..2 * 78].copy_from_slice(&half::f16::INFINITY.to_bits().to_le_bytes());
+    let infinite = OutputMatrix::from_f16_bytes(&bytes, rows, cols).unwrap();
+    assert!(!infinite.exact_argmax_is_faster(tokens));
+    assert!(!infinite.to_int8().exact_argmax_is_faster(tokens));
+}

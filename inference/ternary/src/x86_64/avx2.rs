@@ -18,7 +18,7 @@ use std::arch::x86_64::*;
 /// Chunks summed in int16 before widening to int32; see the module comment.
 const WIDEN_EVERY: usize = 16;
 
-/// Replaces every slot of the scalar table with AVX2 kernels if the CPU has AVX2, FMA and F16C.
+/// Replaces every slot of the scalar table (but the BF16 one, which AVX2 lacks) with AVX2 kernels if the CPU has AVX2, FMA and F16C.
 pub(crate) fn install(_scalar: KernelTable) -> Option<KernelTable> {
     let has = is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
@@ -27,6 +27,7 @@ pub(crate) fn install(_scalar: KernelTable) -> Option<KernelTable> {
         kernel: crate::dispatch::Kernel::Avx2,
         ternary_tile,
         f16_panel,
+        bf16_panel: None,
         f32_dot,
         q8_rows,
         quantize_row,

@@ -30,6 +30,7 @@ pub(crate) fn install(table: KernelTable) -> Option<KernelTable> {
         ternary_tile,
         q8_rows,
         f16_panel,
+        bf16_panel: crate::x86_64::avx512bf16::detect(),
         ..table
     })
 }

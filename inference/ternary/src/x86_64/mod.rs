@@ -2,6 +2,7 @@
 //! and only then puts its kernels into a table.
 
 pub(crate) mod avx2;
+pub(crate) mod avx512bf16;
 pub(crate) mod avx512vnni;
 pub(crate) mod avxvnni;
 
