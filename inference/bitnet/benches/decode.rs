@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use bitnet::generate::{SyntheticModel, SyntheticShape};
-use bitnet::{BatchToken, KvCache, LoadOptions, Model, Scratch, Session, WeightFormat};
+use bitnet::{BatchToken, KvCache, LoadOptions, LogitUse, Model, Scratch, Session, WeightFormat};
 
 fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
     std::env::var(name)
@@ -100,7 +100,8 @@ fn model_path() -> PathBuf {
 
 /// Aggregate decode tokens/s when `batch` sequences advance together, one forward pass (one
 /// GEMM per projection) per step, as the server's continuous batching does; HTTP not included.
-fn batched_decode(model: &Model, batch: usize, steps: usize) -> f64 {
+/// Greedy, so `usage` may be `Argmax` (what the server uses when every sequence is greedy).
+fn batched_decode(model: &Model, batch: usize, steps: usize, usage: LogitUse) -> f64 {
     let prompt_len = 8;
     let mut cache = KvCache::new(model, batch, prompt_len + steps + 1).expect("cache");
     let mut scratch = Scratch::new();
@@ -136,7 +137,7 @@ fn batched_decode(model: &Model, batch: usize, steps: usize) -> f64 {
             logits: true,
         }));
         let logits = model
-            .forward(&mut cache, &mut scratch, &entries)
+            .forward_for(&mut cache, &mut scratch, &entries, usage)
             .expect("decode");
         next = logits.chunks_exact(vocab).map(argmax).collect();
     }
@@ -302,15 +303,25 @@ fn main() {
                 status_mb("RssAnon:").unwrap_or(f64::NAN)
             );
             if t == threads.iter().copied().max().unwrap_or(1) {
-                let rates: Vec<String> = [1usize, 4, 16]
-                    .iter()
-                    .map(|&b| format!("{b}: {:.1}", batched_decode(&model, b, steps.min(16))))
-                    .collect();
-                batch_lines.push(format!(
-                    "batched decode, {} output layer, {t} thread(s), tokens/s by sequences in the batch: {}",
-                    if int8_output { "int8" } else { "f16" },
-                    rates.join(", ")
-                ));
+                for (usage, logits) in [
+                    (LogitUse::Any, "all logits"),
+                    (LogitUse::Argmax, "argmax only"),
+                ] {
+                    let rates: Vec<String> = [1usize, 4, 16]
+                        .iter()
+                        .map(|&b| {
+                            format!(
+                                "{b}: {:.1}",
+                                batched_decode(&model, b, steps.min(16), usage)
+                            )
+                        })
+                        .collect();
+                    batch_lines.push(format!(
+                        "batched decode, {} output layer, {logits}, {t} thread(s), tokens/s by sequences in the batch: {}",
+                        if int8_output { "int8" } else { "f16" },
+                        rates.join(", ")
+                    ));
+                }
             }
             drop(model);
         }

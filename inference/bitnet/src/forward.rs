@@ -160,6 +160,19 @@ pub struct BatchToken {
     pub logits: bool,
 }
 
+/// What the caller does with the logits [`Model::forward_for`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogitUse {
+    /// Anything (sampling, log-probabilities): every value is the output layer's product.
+    #[default]
+    Any,
+    /// Only the first index of each row's largest value (greedy decoding). On CPUs with a
+    /// BF16 dot product a large batch then goes through the output layer's exact-argmax product
+    /// (`ternary::OutputMatrix::try_matmul_exact_argmax`): that index is the same, the other
+    /// values are approximations.
+    Argmax,
+}
+
 /// Per-worker attention buffers.
 #[derive(Default)]
 struct AttentionScratch {
@@ -237,6 +250,17 @@ impl Model {
         cache: &mut KvCache,
         scratch: &'s mut Scratch,
         batch: &[BatchToken],
+    ) -> Result<&'s [f32], ForwardError> {
+        self.forward_for(cache, scratch, batch, LogitUse::Any)
+    }
+
+    /// [`Self::forward`] for logits that serve only `usage`.
+    pub fn forward_for<'s>(
+        &self,
+        cache: &mut KvCache,
+        scratch: &'s mut Scratch,
+        batch: &[BatchToken],
+        usage: LogitUse,
     ) -> Result<&'s [f32], ForwardError> {
         self.validate_batch(cache, batch)?;
         let c = &self.config;
@@ -339,8 +363,15 @@ impl Model {
         }
         resize(&mut s.logits, wanted * c.vocab_size);
         if wanted > 0 {
-            self.output_matrix()
-                .try_matmul(&s.logit_rows, wanted, &mut s.logits, &self.pool)?;
+            let output = self.output_matrix();
+            match usage {
+                LogitUse::Any => {
+                    output.try_matmul(&s.logit_rows, wanted, &mut s.logits, &self.pool)
+                }
+                LogitUse::Argmax => {
+                    output.try_matmul_exact_argmax(&s.logit_rows, wanted, &mut s.logits, &self.pool)
+                }
+            }?;
         }
         Ok(&s.logits)
     }

@@ -27,6 +27,6 @@ pub mod tokenizer;
 mod vector_math;
 
 pub use config::{Architecture, FfnActivation, ModelConfig};
-pub use forward::{BatchToken, ForwardError, KvCache, Scratch, Session, SlotId};
+pub use forward::{BatchToken, ForwardError, KvCache, LogitUse, Scratch, Session, SlotId};
 pub use model::{LoadError, LoadOptions, Model};
 pub use ternary::WeightFormat;

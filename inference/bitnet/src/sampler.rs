@@ -176,6 +176,13 @@ impl Sampler {
         })
     }
 
+    /// Whether [`Self::sample`] reads nothing but the first index of the largest logit (greedy,
+    /// no repetition penalty), so it can take `bitnet::forward::LogitUse::Argmax` logits.
+    pub fn picks_argmax(&self) -> bool {
+        let penalised = self.config.repetition_penalty != 1.0 && self.config.repetition_last_n > 0;
+        self.config.temperature == 0.0 && !penalised
+    }
+
     pub fn config(&self) -> &SamplerConfig {
         &self.config
     }
@@ -186,8 +193,7 @@ impl Sampler {
         if logits.is_empty() {
             return Err(SamplerError::EmptyLogits);
         }
-        let penalised = self.config.repetition_penalty != 1.0 && self.config.repetition_last_n > 0;
-        if self.config.temperature == 0.0 && !penalised {
+        if self.picks_argmax() {
             return greedy(logits);
         }
         self.candidates.clear();

@@ -8,8 +8,8 @@ use bitnet::generate::{SyntheticModel, SyntheticShape};
 use bitnet::gguf::{GgufFile, GgufWriter, MetadataValue};
 use bitnet::reference::ReferenceModel;
 use bitnet::{
-    BatchToken, FfnActivation, ForwardError, KvCache, LoadError, LoadOptions, Model, Scratch,
-    Session, WeightFormat,
+    BatchToken, FfnActivation, ForwardError, KvCache, LoadError, LoadOptions, LogitUse, Model,
+    Scratch, Session, WeightFormat,
 };
 
 const FORMATS: [WeightFormat; 3] = [WeightFormat::I2S, WeightFormat::Tq2_0, WeightFormat::Tq1_0];
@@ -198,6 +198,69 @@ fn batched_decode_of_three_sequences_equals_each_alone() {
         .collect();
     let logits = model.forward(&mut cache, &mut scratch, &batch).unwrap();
     assert_eq!(argmax(logits), alone[1][0]);
+}
+
+/// Whether this CPU runs the output layer's exact-argmax product (AVX-512 BF16, default kernels).
+fn has_exact_argmax_product() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let has = std::arch::is_x86_feature_detected!("avx512bf16");
+    #[cfg(not(target_arch = "x86_64"))]
+    let has = false;
+    has && std::env::var("TERNARY_KERNEL").map_or(true, |k| k.trim().is_empty())
+}
+
+#[test]
+fn greedy_decoding_with_argmax_only_logits_picks_the_same_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        &SyntheticModel::tiny(WeightFormat::Tq2_0, 21),
+        "m.gguf",
+    );
+    let model = Model::load(&path, options(2)).unwrap();
+    let vocab = model.vocab_size();
+    // Twelve sequences: batches this large take the BF16 pass where the CPU has one.
+    let sequences = 12;
+    let decode = |usage: LogitUse| {
+        let mut cache = KvCache::new(&model, sequences, 80).unwrap();
+        let mut scratch = Scratch::new();
+        let slots: Vec<_> = (0..sequences).map(|_| cache.allocate().unwrap()).collect();
+        let mut last: Vec<u32> = (0..sequences as u32).map(|i| 3 + 37 * i).collect();
+        let (mut tokens, mut approximated) = (Vec::new(), 0);
+        for pos in 0..GREEDY_STEPS {
+            let batch: Vec<BatchToken> = slots
+                .iter()
+                .zip(&last)
+                .map(|(&slot, &token)| BatchToken {
+                    slot,
+                    token,
+                    pos,
+                    logits: true,
+                })
+                .collect();
+            let logits = model
+                .forward_for(&mut cache, &mut scratch, &batch, usage)
+                .unwrap()
+                .to_vec();
+            if usage == LogitUse::Argmax {
+                // The same step again with every logit (it rewrites the same cache entries).
+                let full = model.forward(&mut cache, &mut scratch, &batch).unwrap();
+                approximated += logits.iter().zip(full).filter(|(a, b)| a != b).count();
+            }
+            last = logits.chunks(vocab).map(argmax).collect();
+            tokens.push(last.clone());
+        }
+        (tokens, approximated)
+    };
+    let (full, _) = decode(LogitUse::Any);
+    let (argmax_only, approximated) = decode(LogitUse::Argmax);
+    assert_eq!(argmax_only, full);
+    if has_exact_argmax_product() {
+        assert!(
+            approximated > 0,
+            "the BF16 pass ran, so most logits are approximations"
+        );
+    }
 }
 
 #[test]

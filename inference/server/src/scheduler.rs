@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bitnet::sampler::{logprob, Sampler, StopScan, StopStrings};
 use bitnet::tokenizer::{StreamDecoder, Tokenizer};
-use bitnet::{BatchToken, KvCache, Model, Scratch, SlotId};
+use bitnet::{BatchToken, KvCache, LogitUse, Model, Scratch, SlotId};
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 
 use crate::metrics::Metrics;
@@ -263,24 +263,31 @@ impl<'m> Scheduler<'m> {
             pos: s.pos,
             logits: true,
         }));
+        // When every sequence picks greedily, its token is all it needs from the logits.
+        let usage = if active.iter().all(|s| s.job.sampler.picks_argmax()) {
+            LogitUse::Argmax
+        } else {
+            LogitUse::Any
+        };
         let started = Instant::now();
         let vocab = self.model.vocab_size();
-        let logits = match self
-            .model
-            .forward(&mut self.cache, &mut self.scratch, &self.batch)
-        {
-            Ok(logits) => logits,
-            Err(error) => {
-                for sequence in active.drain(..) {
-                    self.cache.free(sequence.slot);
-                    let _ = sequence
-                        .job
-                        .events
-                        .send(Event::Failed(format!("decode step failed: {error}")));
+        let logits =
+            match self
+                .model
+                .forward_for(&mut self.cache, &mut self.scratch, &self.batch, usage)
+            {
+                Ok(logits) => logits,
+                Err(error) => {
+                    for sequence in active.drain(..) {
+                        self.cache.free(sequence.slot);
+                        let _ = sequence
+                            .job
+                            .events
+                            .send(Event::Failed(format!("decode step failed: {error}")));
+                    }
+                    return;
                 }
-                return;
-            }
-        };
+            };
         self.metrics.record_decode(active.len(), started.elapsed());
         let max_positions = self.cache.max_positions();
         let mut index = 0;

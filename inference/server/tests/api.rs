@@ -11,7 +11,7 @@ use bitnet::sampler::{logprob, Sampler, SamplerConfig};
 use bitnet::{chat, LoadOptions, Model, Session};
 use common::*;
 use serde_json::{json, Value};
-use server::{classification_prompt, AppState};
+use server::{classification_prompt, AppState, ServerSettings};
 use sha2::{Digest, Sha256};
 
 fn load_direct(path: &std::path::Path) -> Model {
@@ -481,6 +481,56 @@ async fn bad_input_gets_a_4xx_with_the_openai_error_shape() {
     )
     .await;
     assert_eq!(fine.status, StatusCode::OK);
+}
+
+/// Completions of `prompts` sent at once, greedy unless `sampled` says which one samples.
+async fn completions_at_once(
+    state: &AppState,
+    prompts: &[String],
+    sampled: Option<usize>,
+) -> Vec<Value> {
+    let mut tasks = Vec::new();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let state = state.clone();
+        let temperature = if sampled == Some(i) { 0.8 } else { 0.0 };
+        let request =
+            json!({"prompt": prompt, "max_tokens": 24, "temperature": temperature, "seed": 5});
+        tasks.push(tokio::spawn(async move {
+            post(&state, "/v1/completions", &request).await
+        }));
+    }
+    let mut texts = Vec::new();
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        texts.push(reply.json()["choices"][0]["text"].clone());
+    }
+    texts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_greedy_streams_generate_what_each_generates_alone() {
+    // Batches of ten or more greedy sequences take the output layer's exact-argmax product
+    // where the CPU has AVX-512 BF16; a sampling sequence in the batch switches it off.
+    let (state, _dir, _path) = ready_state(ServerSettings {
+        max_sequences: 16,
+        threads: 2,
+        ..settings()
+    });
+    let prompts: Vec<String> = (0..16)
+        .map(|i| format!("Stream {i} reports that"))
+        .collect();
+    let mut alone = Vec::new();
+    for prompt in &prompts {
+        alone.extend(completions_at_once(&state, std::slice::from_ref(prompt), None).await);
+    }
+    assert_eq!(completions_at_once(&state, &prompts, None).await, alone);
+    let mixed = completions_at_once(&state, &prompts, Some(3)).await;
+    for (i, (text, alone)) in mixed.iter().zip(&alone).enumerate() {
+        if i != 3 {
+            assert_eq!(text, alone, "greedy stream {i} beside a sampling one");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

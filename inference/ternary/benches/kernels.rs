@@ -315,6 +315,20 @@ fn instruction_peak() -> Option<String> {
                     .fold(_mm512_setzero_ps(), |s, v| _mm512_add_ps(s, *v)),
             )
         }
+        #[target_feature(enable = "avx512f,avx512bf16")]
+        fn dpbf16(rounds: usize) -> f32 {
+            let a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(black_box(0.5)), _mm512_set1_ps(0.25));
+            let mut acc = [_mm512_setzero_ps(); CHAINS];
+            for _ in 0..rounds {
+                for lane in &mut acc {
+                    *lane = _mm512_dpbf16_ps(*lane, a, a);
+                }
+            }
+            _mm512_reduce_add_ps(
+                acc.iter()
+                    .fold(_mm512_setzero_ps(), |s, v| _mm512_add_ps(s, *v)),
+            )
+        }
         let rate = |run: &dyn Fn()| {
             let start = Instant::now();
             run();
@@ -327,8 +341,20 @@ fn instruction_peak() -> Option<String> {
         let f32 = rate(&|| {
             black_box(unsafe { fmadd(ROUNDS) });
         });
+        let bf16 = if is_x86_feature_detected!("avx512bf16") {
+            // SAFETY: detected just above (AVX-512F was detected earlier).
+            let bf16 = rate(&|| {
+                black_box(unsafe { dpbf16(ROUNDS) });
+            });
+            format!(
+                "; vdpbf16ps zmm {bf16:.2} G/s = {:.0} G bf16 MAC/s",
+                bf16 * 32.0
+            )
+        } else {
+            String::new()
+        };
         Some(format!(
-            "instruction peak, one core: vpdpbusd zmm {int8:.2} G/s = {:.0} G int8 MAC/s; vfmadd zmm {f32:.2} G/s = {:.0} G f32 MAC/s",
+            "instruction peak, one core: vpdpbusd zmm {int8:.2} G/s = {:.0} G int8 MAC/s; vfmadd zmm {f32:.2} G/s = {:.0} G f32 MAC/s{bf16}",
             int8 * 64.0,
             f32 * 16.0
         ))
@@ -435,12 +461,25 @@ fn main() {
         } else {
             vec![1, 8]
         };
-        for (label, matrix) in [("f16", &f16), ("int8 q8", &int8)] {
+        // "f16 argmax" is the exact-argmax product greedy batches use (the plain F16 product
+        // below 10 tokens or without AVX-512 BF16).
+        for (label, matrix, argmax) in [
+            ("f16", &f16, false),
+            ("f16 argmax", &f16, true),
+            ("int8 q8", &int8, false),
+        ] {
             for &tokens in &tokens_list {
                 let x: Vec<f32> = (0..tokens * HIDDEN).map(|_| rng.unit()).collect();
                 let mut out = vec![0.0; tokens * VOCAB];
                 for (threads, pool) in &pools {
-                    let time = measure(3, budget, || matrix.matmul(&x, tokens, &mut out, pool));
+                    let time = measure(3, budget, || {
+                        if argmax {
+                            let done = matrix.try_matmul_exact_argmax(&x, tokens, &mut out, pool);
+                            done.expect("valid shape");
+                        } else {
+                            matrix.matmul(&x, tokens, &mut out, pool);
+                        }
+                    });
                     let row = Row {
                         shape: format!("{VOCAB}x{HIDDEN} output"),
                         weights: label,
