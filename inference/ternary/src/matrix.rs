@@ -21,9 +21,20 @@ const TOKEN_BATCH: usize = 16;
 /// How many tiles ahead of the one being computed the kernel prefetches: one tile's worth of
 /// compute is too short to hide a DRAM access, two is enough.
 const PREFETCH_TILES: usize = 2;
+/// Per-token values of the per-tensor epilogue, repeated for each of a tile's rows, so a tile's
+/// sums for a batch of tokens become floats in one vectorised pass.
+#[derive(Default)]
+struct EpilogueLanes {
+    /// `[token * TILE_ROWS + row]`: the token's float step `w_scale / x_scale`.
+    factors: Vec<f32>,
+    /// `[token * TILE_ROWS + row]`: the token's Σx.
+    sums: Vec<i32>,
+}
+
 thread_local! {
-    /// Per-token float steps of the current product, on the thread that starts it.
-    static FACTORS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The current product's epilogue lanes, on the thread that starts it.
+    static LANES: std::cell::RefCell<EpilogueLanes> =
+        std::cell::RefCell::new(EpilogueLanes::default());
 }
 
 /// A code byte holding four zero weights (code 1 in every field), used for padding rows.
@@ -216,8 +227,8 @@ impl TernaryMatrix {
         }
         let tiles = first_row / TILE_ROWS..end.div_ceil(TILE_ROWS);
         let writer = SharedOut::with_base(out, first_row);
-        self.with_factors(x, |factors| {
-            self.compute_tiles(&self.kernels, x, factors, tiles, end, &writer)
+        self.with_lanes(x, |lanes| {
+            self.compute_tiles(&self.kernels, x, lanes, tiles, end, &writer)
         });
         Ok(())
     }
@@ -250,33 +261,38 @@ impl TernaryMatrix {
     ) {
         let tiles = self.rows.div_ceil(TILE_ROWS);
         let out = SharedOut::new(out);
-        self.with_factors(x, |factors| {
+        self.with_lanes(x, |lanes| {
             for_each_chunk(pool, tiles, |range| {
-                self.compute_tiles(table, x, factors, range, self.rows, &out)
+                self.compute_tiles(table, x, lanes, range, self.rows, &out)
             })
         });
     }
 
-    /// Runs `f` with each token's float step `w_scale / x_scale` (empty for per-block scales),
-    /// computed once per product on the calling thread instead of once per token per tile (that
-    /// division took about 4% of a 16-token product). The buffer is reused between products.
-    fn with_factors(&self, x: &QuantizedActivations, f: impl FnOnce(&[f32])) {
-        FACTORS.with_borrow_mut(|factors| {
-            factors.clear();
+    /// Runs `f` with the epilogue's per-token values (empty for per-block scales), computed once
+    /// per product on the calling thread instead of once per token per tile (the division took
+    /// about 4% of a 16-token product). The buffers are reused between products.
+    fn with_lanes(&self, x: &QuantizedActivations, f: impl FnOnce(&EpilogueLanes)) {
+        LANES.with_borrow_mut(|lanes| {
+            lanes.factors.clear();
+            lanes.sums.clear();
             if let Scales::PerTensor(scale) = self.scales {
-                factors.extend((0..x.tokens()).map(|token| scale / x.scale(token)));
+                for token in 0..x.tokens() {
+                    let factor = scale / x.scale(token);
+                    lanes.factors.extend([factor; TILE_ROWS]);
+                    lanes.sums.extend([x.sum(token); TILE_ROWS]);
+                }
             }
-            f(factors);
+            f(lanes);
         });
     }
 
-    /// Computes `tiles` for all tokens, writing rows below `end_row` only; `factors` as
-    /// [`Self::with_factors`] gives them.
+    /// Computes `tiles` for all tokens, writing rows below `end_row` only; `lanes` as
+    /// [`Self::with_lanes`] gives them.
     fn compute_tiles(
         &self,
         table: &KernelTable,
         x: &QuantizedActivations,
-        factors: &[f32],
+        lanes: &EpilogueLanes,
         tiles: std::ops::Range<usize>,
         end_row: usize,
         out: &SharedOut<'_>,
@@ -312,18 +328,26 @@ impl TernaryMatrix {
                             sums,
                             ahead(first_token, 0..cols),
                         );
-                        let factors = &factors[first_token..first_token + tokens];
-                        for (t, (sums, &factor)) in
-                            sums.chunks_exact(TILE_ROWS).zip(factors).enumerate()
+                        let lanes_here =
+                            first_token * TILE_ROWS..(first_token + tokens) * TILE_ROWS;
+                        let factors = &lanes.factors[lanes_here.clone()];
+                        let sum_x = &lanes.sums[lanes_here];
+                        let mut values = [0f32; TILE_ROWS * TOKEN_BATCH];
+                        for (((value, &dot), &sum_x), &factor) in
+                            values.iter_mut().zip(&*sums).zip(sum_x).zip(factors)
                         {
+                            *value = (dot - sum_x) as f32 * factor;
+                        }
+                        for (t, values) in values.chunks_exact(TILE_ROWS).take(tokens).enumerate() {
                             let token = first_token + t;
-                            let sum_x = x.sum(token);
                             // SAFETY: rows first_row.. of this tile are claimed by this call only.
                             let out = unsafe { out.slice(token * rows + first_row, rows_here) };
-                            // Four lanes at once (the tile's rows); the last tile may have fewer.
-                            let values: [f32; TILE_ROWS] =
-                                std::array::from_fn(|r| (sums[r] - sum_x) as f32 * factor);
-                            out.copy_from_slice(&values[..rows_here]);
+                            // A whole tile as one fixed-size store: a copy of run-time length
+                            // is a `memcpy` call per token.
+                            match <&mut [f32; TILE_ROWS]>::try_from(&mut *out) {
+                                Ok(out) => out.copy_from_slice(values),
+                                Err(_) => out.copy_from_slice(&values[..rows_here]),
+                            }
                         }
                     }
                     Scales::PerBlock(block_scales) => {
