@@ -5,7 +5,8 @@
 //! - [`TernaryMatrix`]: weights repacked once at load into row tiles; [`TernaryMatrix::matmul`]
 //!   multiplies them with [`QuantizedActivations`] (int8 per token) using integer dot products
 //!   and one float step per output.
-//! - [`OutputMatrix`]: the F16 output layer / embedding, and its int8 repack.
+//! - [`OutputMatrix`]: the F16 output layer / embedding, and its int8 repack; for greedy batches
+//!   [`OutputMatrix::try_matmul_exact_argmax`] finds each token's exact maximum from a BF16 pass.
 //! - [`attention_scores`], [`attention_values`]: the products of attention over an f16 KV cache.
 //! - [`ThreadPool`]: splits rows across a fixed set of threads with microsecond per-call cost.
 //! - Kernels are chosen at run time ([`active_kernel`], env `TERNARY_KERNEL`); the scalar
