@@ -345,7 +345,6 @@ impl OutputMatrix {
         pool: Option<&ThreadPool>,
     ) {
         let (rows, cols) = (self.rows, self.cols);
-        let panel_len = cols * F16_PANEL;
         // Each batch of tokens transposed (`[k][t]`), so a kernel broadcasts one value per token.
         // The buffer is the calling thread's and is reused, so a decode loop does not allocate.
         TRANSPOSED.with_borrow_mut(|xt| {
@@ -361,33 +360,17 @@ impl OutputMatrix {
                 }
             }
             let out = SharedOut::new(out);
-            let count = rows.div_ceil(F16_PANEL);
-            for_each_chunk(pool, count, |range: std::ops::Range<usize>| {
-                let mut values = [0f32; F16_PANEL * F16_PANEL];
-                let last = range.end;
-                for panel in range {
-                    let weights = &panels[panel * panel_len..(panel + 1) * panel_len];
-                    let first_row = panel * F16_PANEL;
-                    let rows_here = F16_PANEL.min(rows - first_row);
-                    for first in (0..tokens).step_by(F16_PANEL) {
-                        let n = F16_PANEL.min(tokens - first);
-                        // The first batch of tokens reads the panel from memory; it fetches the
-                        // next one meanwhile.
-                        let ahead = if first == 0 && n >= PREFETCH_MIN_TOKENS && panel + 1 < last {
-                            &panels[(panel + 1) * panel_len..(panel + 2) * panel_len]
-                        } else {
-                            &[]
-                        };
-                        let xs = &xt[first * cols..(first + n) * cols];
-                        (table.f16_panel)(weights, xs, n, &mut values[..n * F16_PANEL], ahead);
-                        for (t, sums) in values[..n * F16_PANEL].chunks_exact(F16_PANEL).enumerate()
-                        {
-                            let base = (first + t) * rows + first_row;
-                            // SAFETY: rows of this panel belong to a range claimed by this call only.
-                            let out = unsafe { out.slice(base, rows_here) };
-                            out.copy_from_slice(&sums[..rows_here]);
-                        }
-                    }
+            for_each_panel_batch(panels, cols, tokens, pool, |batch, values| {
+                let xs = &xt[batch.first_token * cols..(batch.first_token + batch.tokens) * cols];
+                let values = &mut values[..batch.tokens * F16_PANEL];
+                (table.f16_panel)(batch.weights, xs, batch.tokens, values, batch.ahead);
+                let first_row = batch.panel * F16_PANEL;
+                let rows_here = F16_PANEL.min(rows - first_row);
+                for (t, sums) in values.chunks_exact(F16_PANEL).enumerate() {
+                    let base = (batch.first_token + t) * rows + first_row;
+                    // SAFETY: rows of this panel belong to a range claimed by this call only.
+                    let out = unsafe { out.slice(base, rows_here) };
+                    out.copy_from_slice(&sums[..rows_here]);
                 }
             });
         });
@@ -451,6 +434,58 @@ impl OutputMatrix {
         };
         for_each_chunk(pool, rows, work);
     }
+}
+
+/// One panel against one batch of tokens, as [`for_each_panel_batch`] hands it out.
+struct PanelBatch<'a> {
+    panel: usize,
+    weights: &'a [u16],
+    first_token: usize,
+    tokens: usize,
+    /// The next panel, for the first batch to pull into cache (empty otherwise).
+    ahead: &'a [u16],
+}
+
+/// Calls `f` for every panel of `halves` (the panels split across the pool) against every batch
+/// of up to 16 of `tokens` tokens while the panel is in cache, with a buffer for 16 × 16 sums.
+fn for_each_panel_batch(
+    halves: &[u16],
+    cols: usize,
+    tokens: usize,
+    pool: Option<&ThreadPool>,
+    f: impl Fn(PanelBatch<'_>, &mut [f32; F16_PANEL * F16_PANEL]) + Sync,
+) {
+    let panel_len = cols * F16_PANEL;
+    for_each_chunk(
+        pool,
+        halves.len() / panel_len,
+        |range: std::ops::Range<usize>| {
+            let mut values = [0f32; F16_PANEL * F16_PANEL];
+            let last = range.end;
+            for panel in range {
+                let weights = &halves[panel * panel_len..(panel + 1) * panel_len];
+                for first_token in (0..tokens).step_by(F16_PANEL) {
+                    let n = F16_PANEL.min(tokens - first_token);
+                    // The first batch of tokens reads the panel from memory; it fetches the next one
+                    // meanwhile.
+                    let ahead = if first_token == 0 && n >= PREFETCH_MIN_TOKENS && panel + 1 < last
+                    {
+                        &halves[(panel + 1) * panel_len..(panel + 2) * panel_len]
+                    } else {
+                        &[]
+                    };
+                    let batch = PanelBatch {
+                        panel,
+                        weights,
+                        first_token,
+                        tokens: n,
+                        ahead,
+                    };
+                    f(batch, &mut values);
+                }
+            }
+        },
+    );
 }
 
 /// Appends the int8 values of one block to `values` and returns its scale.

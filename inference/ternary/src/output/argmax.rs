@@ -9,7 +9,7 @@
 //! most (2u + u²)|w·x|, each f32 sum (the BF16 one and the exact one it is compared with) by γ
 //! times the sum of |products|, and Σ|w·x| ≤ ‖w‖·‖x‖.
 
-use super::{OutputMatrix, Storage, F16_PANEL, PREFETCH_MIN_TOKENS};
+use super::{for_each_panel_batch, OutputMatrix, Storage, F16_PANEL};
 use crate::dispatch::Bf16PanelFn;
 use crate::error::FormatError;
 use crate::pool::{for_each_chunk, ThreadPool};
@@ -151,37 +151,29 @@ impl OutputMatrix {
             }
             panel_bounds.resize(tokens * panels, PanelBound::default());
             let shared_bounds = SharedOut::new(panel_bounds.as_mut_slice());
-            let panel_len = cols * F16_PANEL;
-            for_each_chunk(Some(pool), panels, |range: std::ops::Range<usize>| {
-                let mut values = [0f32; F16_PANEL * F16_PANEL];
-                let last = range.end;
-                for panel in range {
-                    let weights = &halves[panel * panel_len..(panel + 1) * panel_len];
-                    let first_row = panel * F16_PANEL;
-                    let rows_here = F16_PANEL.min(rows - first_row);
-                    let norms = &norms[first_row..first_row + rows_here];
-                    for first in (0..tokens).step_by(F16_PANEL) {
-                        let n = F16_PANEL.min(tokens - first);
-                        let ahead = if first == 0 && n >= PREFETCH_MIN_TOKENS && panel + 1 < last {
-                            &halves[(panel + 1) * panel_len..(panel + 2) * panel_len]
-                        } else {
-                            &[]
-                        };
-                        let xs = &xp[first * pairs..(first + n) * pairs];
-                        kernel(weights, xs, n, &mut values[..n * F16_PANEL], ahead);
-                        for (t, sums) in values[..n * F16_PANEL].chunks_exact(F16_PANEL).enumerate()
-                        {
-                            let token = first + t;
-                            let sums = &sums[..rows_here];
-                            let bound = PanelBound::of(sums, norms, bounds[token].per_norm);
-                            // SAFETY: rows and bounds of this panel belong to a range claimed by
-                            // this call only.
-                            unsafe {
-                                out.slice(token * rows + first_row, rows_here)
-                                    .copy_from_slice(sums);
-                                shared_bounds.write(token * panels + panel, bound);
-                            }
-                        }
+            for_each_panel_batch(halves, cols, tokens, Some(pool), |batch, values| {
+                let (first, n) = (batch.first_token, batch.tokens);
+                let values = &mut values[..n * F16_PANEL];
+                kernel(
+                    batch.weights,
+                    &xp[first * pairs..(first + n) * pairs],
+                    n,
+                    values,
+                    batch.ahead,
+                );
+                let first_row = batch.panel * F16_PANEL;
+                let rows_here = F16_PANEL.min(rows - first_row);
+                let norms = &norms[first_row..first_row + rows_here];
+                for (t, sums) in values.chunks_exact(F16_PANEL).enumerate() {
+                    let token = first + t;
+                    let sums = &sums[..rows_here];
+                    let bound = PanelBound::of(sums, norms, bounds[token].per_norm);
+                    // SAFETY: rows and bounds of this panel belong to a range claimed by this
+                    // call only.
+                    unsafe {
+                        out.slice(token * rows + first_row, rows_here)
+                            .copy_from_slice(sums);
+                        shared_bounds.write(token * panels + batch.panel, bound);
                     }
                 }
             });

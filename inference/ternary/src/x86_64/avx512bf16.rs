@@ -5,7 +5,7 @@
 //! which meets each token's broadcast activation pair.
 
 use crate::dispatch::{check_bf16_panel_args, Bf16PanelFn};
-use crate::x86_64::PrefetchL2;
+use crate::x86_64::{panel_tokens, PrefetchL2};
 use std::arch::x86_64::*;
 
 /// The kernel, if the CPU has AVX-512 BF16 (and the AVX-512BW permute it uses).
@@ -30,24 +30,7 @@ fn bf16_panel(panel: &[u16], xp: &[u32], tokens: usize, out: &mut [f32], ahead: 
             unsafe { bf16_panel_avx512::<$t, $s>(w, x, cols, out, &mut prefetch) }
         }};
     }
-    match tokens {
-        1 => run!(1, 8),
-        2 => run!(2, 4),
-        3 => run!(3, 4),
-        4 => run!(4, 2),
-        5 => run!(5, 2),
-        6 => run!(6, 2),
-        7 => run!(7, 2),
-        8 => run!(8, 1),
-        9 => run!(9, 1),
-        10 => run!(10, 1),
-        11 => run!(11, 1),
-        12 => run!(12, 1),
-        13 => run!(13, 1),
-        14 => run!(14, 1),
-        15 => run!(15, 1),
-        _ => run!(16, 1),
-    }
+    panel_tokens!(tokens, run)
 }
 
 /// `T` tokens against one panel, `S` column pairs per step.

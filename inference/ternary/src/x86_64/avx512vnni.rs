@@ -11,7 +11,7 @@ use crate::dispatch::{check_panel_args, check_rows_args, check_tile_args, Kernel
 use crate::format::CHUNK;
 use crate::output::Q8_BLOCK;
 use crate::scalar::{q8_block_lanes, Q8_LANES};
-use crate::x86_64::PrefetchL2;
+use crate::x86_64::{panel_tokens, PrefetchL2};
 use std::arch::x86_64::*;
 
 /// Tokens sharing one pass over a tile's codes: 8 tokens × 2 accumulators take 16 of the 32
@@ -307,24 +307,7 @@ fn f16_panel(panel: &[u16], xt: &[f32], tokens: usize, out: &mut [f32], ahead: &
             unsafe { f16_panel_avx512::<$t, $s>(w, x, cols, out, &mut prefetch) }
         }};
     }
-    match tokens {
-        1 => run!(1, 8),
-        2 => run!(2, 4),
-        3 => run!(3, 4),
-        4 => run!(4, 2),
-        5 => run!(5, 2),
-        6 => run!(6, 2),
-        7 => run!(7, 2),
-        8 => run!(8, 1),
-        9 => run!(9, 1),
-        10 => run!(10, 1),
-        11 => run!(11, 1),
-        12 => run!(12, 1),
-        13 => run!(13, 1),
-        14 => run!(14, 1),
-        15 => run!(15, 1),
-        _ => run!(16, 1),
-    }
+    panel_tokens!(tokens, run)
 }
 
 /// `T` tokens against one panel, `S` columns per step (one prefetch step per column).

@@ -11,6 +11,33 @@ use std::marker::PhantomData;
 
 const LINE: usize = 64;
 
+/// Expands to a `match` on a panel kernel's token count (1..=16) that calls `$run!(T, S)`: `T`
+/// tokens, each with `S` accumulators, so that at least eight dot-product chains cover the
+/// latency of a 512-bit multiply-add with room for a late load.
+macro_rules! panel_tokens {
+    ($tokens:expr, $run:ident) => {
+        match $tokens {
+            1 => $run!(1, 8),
+            2 => $run!(2, 4),
+            3 => $run!(3, 4),
+            4 => $run!(4, 2),
+            5 => $run!(5, 2),
+            6 => $run!(6, 2),
+            7 => $run!(7, 2),
+            8 => $run!(8, 1),
+            9 => $run!(9, 1),
+            10 => $run!(10, 1),
+            11 => $run!(11, 1),
+            12 => $run!(12, 1),
+            13 => $run!(13, 1),
+            14 => $run!(14, 1),
+            15 => $run!(15, 1),
+            _ => $run!(16, 1),
+        }
+    };
+}
+pub(crate) use panel_tokens;
+
 /// Pulls the weights the next kernel call will read into L2 a cache line or two per loop step,
 /// so that call's first pass does not wait on DRAM. In a batched product each weight row is read
 /// from memory once and then reused from cache, so that first pass is where the time goes: the
