@@ -537,8 +537,9 @@ fn first_argmax(values: &[f32]) -> usize {
 }
 
 /// F16 rows in groups of near-copies: within a group logits differ by far less than the BF16
-/// product's error, so only the exact recomputation can tell them apart.
-fn near_tie_matrix(rng: &mut Rng, rows: usize, cols: usize) -> Vec<half::f16> {
+/// product's error, so only the exact recomputation can tell them apart. The weights, and
+/// their little-endian bytes.
+fn near_tie_matrix(rng: &mut Rng, rows: usize, cols: usize) -> (Vec<half::f16>, Vec<u8>) {
     let mut weights = Vec::with_capacity(rows * cols);
     let mut base = Vec::new();
     for r in 0..rows {
@@ -561,7 +562,11 @@ fn near_tie_matrix(rng: &mut Rng, rows: usize, cols: usize) -> Vec<half::f16> {
         }
         weights.extend(row);
     }
-    weights
+    let bytes = weights
+        .iter()
+        .flat_map(|w| w.to_bits().to_le_bytes())
+        .collect();
+    (weights, bytes)
 }
 
 #[test]
@@ -569,11 +574,7 @@ fn the_exact_argmax_product_picks_what_the_exact_product_picks() {
     let mut rng = Rng::new(41);
     let pool = ThreadPool::new(2);
     for (rows, cols) in [(333, 611), (1000, 256)] {
-        let weights = near_tie_matrix(&mut rng, rows, cols);
-        let bytes: Vec<u8> = weights
-            .iter()
-            .flat_map(|w| w.to_bits().to_le_bytes())
-            .collect();
+        let (weights, bytes) = near_tie_matrix(&mut rng, rows, cols);
         let matrix = OutputMatrix::from_f16_bytes(&bytes, rows, cols).unwrap();
         for tokens in [1, 9, 10, 16, 17, 33] {
             let x = rng.floats(tokens * cols);
@@ -619,11 +620,7 @@ fn the_exact_argmax_product_falls_back_where_no_bound_holds() {
     let mut rng = Rng::new(43);
     let pool = ThreadPool::new(2);
     let (rows, cols, tokens) = (64, 128, 16);
-    let weights = near_tie_matrix(&mut rng, rows, cols);
-    let bytes: Vec<u8> = weights
-        .iter()
-        .flat_map(|w| w.to_bits().to_le_bytes())
-        .collect();
+    let (_, bytes) = near_tie_matrix(&mut rng, rows, cols);
     let matrix = OutputMatrix::from_f16_bytes(&bytes, rows, cols).unwrap();
     // A NaN activation, or values large enough to overflow a bound: the exact product.
     for poison in [f32::NAN, 3e38] {
