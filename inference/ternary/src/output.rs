@@ -40,10 +40,12 @@ enum Storage {
     /// Panels of [`F16_PANEL`] rows, column-major inside a panel: row r, column k is at
     /// `(r / 16 * cols + k) * 16 + r % 16`. The last panel is padded with zero rows.
     /// `row_norms[r]` is at least row r's Euclidean norm (rounded up), for the error bound of
-    /// [`OutputMatrix::try_matmul_exact_argmax`].
+    /// [`OutputMatrix::try_matmul_exact_argmax`]; `largest_norm` is their maximum, infinite when
+    /// a row holds an infinite or NaN weight.
     F16Panels {
         halves: Vec<u16>,
         row_norms: Vec<f32>,
+        largest_norm: f32,
     },
     F32(Vec<f32>),
     Int8 {
@@ -149,6 +151,13 @@ impl OutputMatrix {
             cols,
             storage: Storage::F16Panels {
                 halves: packed,
+                largest_norm: row_norms.iter().fold(0f32, |largest, &norm| {
+                    if norm.is_finite() {
+                        largest.max(norm)
+                    } else {
+                        f32::INFINITY
+                    }
+                }),
                 row_norms,
             },
             kernels: active_table()?,

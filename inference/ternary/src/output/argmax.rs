@@ -46,11 +46,30 @@ fn error_factor(cols: usize) -> f64 {
     ((2.0 * u + u * u) + gamma * ((1.0 + u).powi(2) + 1.0)) * (1.0 + 2f64.powi(-10))
 }
 
-/// Per token: the factor that turns a row norm into that row's bound, and the flush term.
+/// What the fast path reads: the BF16 kernel and the F16 panels with their row norms.
 #[derive(Clone, Copy)]
-struct TokenBound {
-    per_norm: f32,
-    flush: f32,
+struct ArgmaxParts<'a> {
+    kernel: Bf16PanelFn,
+    halves: &'a [u16],
+    norms: &'a [f32],
+    largest_norm: f32,
+}
+
+/// Writes `x` (`tokens × cols`) as [`Bf16PanelFn`] takes it, a batch of up to 16 tokens at a
+/// time: each batch's pairs transposed, `xp[batch start * pairs + p * count + t]`.
+fn pack_pairs(x: &[f32], cols: usize, tokens: usize, xp: &mut [u32]) {
+    let pairs = cols.div_ceil(2);
+    for first in (0..tokens).step_by(F16_PANEL) {
+        let count = F16_PANEL.min(tokens - first);
+        let block = &mut xp[first * pairs..(first + count) * pairs];
+        for t in 0..count {
+            let token = &x[(first + t) * cols..(first + t + 1) * cols];
+            for (p, two) in token.chunks(2).enumerate() {
+                let high = two.get(1).map_or(0, |&v| bf16_bits(v));
+                block[p * count + t] = u32::from(bf16_bits(two[0])) | u32::from(high) << 16;
+            }
+        }
+    }
 }
 
 impl OutputMatrix {
@@ -61,14 +80,21 @@ impl OutputMatrix {
         tokens >= FASTER_FROM_TOKENS && self.exact_argmax_parts().is_some()
     }
 
-    /// The BF16 kernel and the weights it reads, when the fast path can run: F16 weights that
-    /// are all finite (an infinite or NaN weight has no bound).
-    fn exact_argmax_parts(&self) -> Option<(Bf16PanelFn, &[u16], &[f32])> {
+    /// What the fast path reads, when it can run: F16 weights that are all finite (an infinite
+    /// or NaN weight has no bound).
+    fn exact_argmax_parts(&self) -> Option<ArgmaxParts<'_>> {
         let kernel = self.kernels.bf16_panel?;
         match &self.storage {
-            Storage::F16Panels { halves, row_norms } if row_norms.iter().all(|n| n.is_finite()) => {
-                Some((kernel, halves, row_norms))
-            }
+            Storage::F16Panels {
+                halves,
+                row_norms,
+                largest_norm,
+            } if largest_norm.is_finite() => Some(ArgmaxParts {
+                kernel,
+                halves,
+                norms: row_norms,
+                largest_norm: *largest_norm,
+            }),
             _ => None,
         }
     }
@@ -88,8 +114,8 @@ impl OutputMatrix {
     ) -> Result<(), FormatError> {
         self.check(x, tokens, out)?;
         let done = match self.exact_argmax_parts() {
-            Some((kernel, halves, norms)) if tokens >= FASTER_FROM_TOKENS => {
-                self.run_exact_argmax(kernel, halves, norms, x, tokens, out, pool)
+            Some(parts) if tokens >= FASTER_FROM_TOKENS => {
+                self.run_exact_argmax(parts, x, tokens, out, pool)
             }
             _ => false,
         };
@@ -101,34 +127,29 @@ impl OutputMatrix {
 
     /// The two passes; false (having written nothing) when a token's values are too large or
     /// not finite for the bound, so the caller runs the exact product instead.
-    #[allow(clippy::too_many_arguments)]
     fn run_exact_argmax(
         &self,
-        kernel: Bf16PanelFn,
-        halves: &[u16],
-        norms: &[f32],
+        parts: ArgmaxParts<'_>,
         x: &[f32],
         tokens: usize,
         out: &mut [f32],
         pool: &ThreadPool,
     ) -> bool {
         let (rows, cols) = (self.rows, self.cols);
-        let largest_norm = norms.iter().fold(0f32, |m, &n| m.max(n));
         let factor = error_factor(cols);
-        let mut bounds = Vec::with_capacity(tokens);
+        // Per token, the factor that turns a row norm into that row's bound.
+        let mut per_norm = Vec::with_capacity(tokens);
         for token in x.chunks_exact(cols) {
             let square: f64 = token.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
             let norm = (square.sqrt() as f32).next_up();
-            if !norm.is_finite() || largest_norm * norm >= OVERFLOW_GUARD {
+            if !norm.is_finite() || parts.largest_norm * norm >= OVERFLOW_GUARD {
                 return false;
             }
-            bounds.push(TokenBound {
-                per_norm: ((factor * f64::from(norm)) as f32).next_up(),
-                // At most 2 flushed values of under 2⁻¹²⁶ per column, each times a weight
-                // (|w| ≤ 65504) or 1.
-                flush: cols as f32 * 2.0 * 65505.0 * f32::MIN_POSITIVE,
-            });
+            per_norm.push(((factor * f64::from(norm)) as f32).next_up());
         }
+        // At most 2 flushed values of under 2⁻¹²⁶ per column, each times a weight (|w| ≤ 65504)
+        // or 1.
+        let flush = cols as f32 * 2.0 * 65505.0 * f32::MIN_POSITIVE;
         let out = SharedOut::new(out);
         let panels = rows.div_ceil(F16_PANEL);
         SCRATCH.with_borrow_mut(|scratch| {
@@ -138,23 +159,13 @@ impl OutputMatrix {
             } = scratch;
             let pairs = cols.div_ceil(2);
             xp.resize(tokens * pairs, 0);
-            for first in (0..tokens).step_by(F16_PANEL) {
-                let count = F16_PANEL.min(tokens - first);
-                let block = &mut xp[first * pairs..(first + count) * pairs];
-                for t in 0..count {
-                    let token = &x[(first + t) * cols..(first + t + 1) * cols];
-                    for (p, two) in token.chunks(2).enumerate() {
-                        let high = two.get(1).map_or(0, |&v| bf16_bits(v));
-                        block[p * count + t] = u32::from(bf16_bits(two[0])) | u32::from(high) << 16;
-                    }
-                }
-            }
+            pack_pairs(x, cols, tokens, xp);
             panel_bounds.resize(tokens * panels, PanelBound::default());
             let shared_bounds = SharedOut::new(panel_bounds.as_mut_slice());
-            for_each_panel_batch(halves, cols, tokens, Some(pool), |batch, values| {
+            for_each_panel_batch(parts.halves, cols, tokens, Some(pool), |batch, values| {
                 let (first, n) = (batch.first_token, batch.tokens);
                 let values = &mut values[..n * F16_PANEL];
-                kernel(
+                (parts.kernel)(
                     batch.weights,
                     &xp[first * pairs..(first + n) * pairs],
                     n,
@@ -163,11 +174,11 @@ impl OutputMatrix {
                 );
                 let first_row = batch.panel * F16_PANEL;
                 let rows_here = F16_PANEL.min(rows - first_row);
-                let norms = &norms[first_row..first_row + rows_here];
+                let norms = &parts.norms[first_row..first_row + rows_here];
                 for (t, sums) in values.chunks_exact(F16_PANEL).enumerate() {
                     let token = first + t;
                     let sums = &sums[..rows_here];
-                    let bound = PanelBound::of(sums, norms, bounds[token].per_norm);
+                    let bound = PanelBound::of(sums, norms, per_norm[token]);
                     // SAFETY: rows and bounds of this panel belong to a range claimed by this
                     // call only.
                     unsafe {
@@ -184,7 +195,7 @@ impl OutputMatrix {
                     let logits = unsafe { out.slice(t * rows, rows) };
                     let token = &x[t * cols..(t + 1) * cols];
                     let bounds_of_panels = &panel_bounds[t * panels..(t + 1) * panels];
-                    self.refine(logits, bounds_of_panels, bounds[t].flush, token);
+                    self.refine(parts.halves, logits, bounds_of_panels, flush, token);
                 }
             });
         });
@@ -193,10 +204,14 @@ impl OutputMatrix {
 
     /// Recomputes exactly every panel of `logits` whose largest upper bound reaches the largest
     /// lower bound of all.
-    fn refine(&self, logits: &mut [f32], panel_bounds: &[PanelBound], flush: f32, token: &[f32]) {
-        let Storage::F16Panels { halves, .. } = &self.storage else {
-            unreachable!("only F16 panels take the exact-argmax path")
-        };
+    fn refine(
+        &self,
+        halves: &[u16],
+        logits: &mut [f32],
+        panel_bounds: &[PanelBound],
+        flush: f32,
+        token: &[f32],
+    ) {
         let largest_lower = panel_bounds
             .iter()
             .fold(f32::NEG_INFINITY, |m, b| m.max(b.lower))
@@ -270,14 +285,8 @@ mod tests {
     }
 
     fn paired(x: &[f32], tokens: usize, cols: usize) -> Vec<u32> {
-        let pairs = cols.div_ceil(2);
-        let mut xp = vec![0u32; pairs * tokens];
-        for t in 0..tokens {
-            for (p, two) in x[t * cols..(t + 1) * cols].chunks(2).enumerate() {
-                let high = two.get(1).map_or(0, |&v| bf16_bits(v));
-                xp[p * tokens + t] = u32::from(bf16_bits(two[0])) | u32::from(high) << 16;
-            }
-        }
+        let mut xp = vec![0u32; cols.div_ceil(2) * tokens];
+        pack_pairs(x, cols, tokens, &mut xp);
         xp
     }
 
