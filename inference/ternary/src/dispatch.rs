@@ -67,25 +67,11 @@ pub(crate) fn check_panel_args(
     tokens: usize,
     out_len: usize,
 ) -> usize {
-    use crate::output::F16_PANEL;
-    assert!(
-        panel_len.is_multiple_of(F16_PANEL),
-        "{panel_len} weights are not whole columns of a {F16_PANEL}-row panel"
-    );
-    let cols = panel_len / F16_PANEL;
-    assert!(
-        (1..=F16_PANEL).contains(&tokens),
-        "a panel takes 1 to {F16_PANEL} tokens, not {tokens}"
-    );
+    let cols = check_panel_shape(panel_len, tokens, out_len);
     assert!(
         xt_len >= cols * tokens,
         "transposed activations hold {xt_len} values, need {}",
         cols * tokens
-    );
-    assert!(
-        out_len >= tokens * F16_PANEL,
-        "output holds {out_len} values, need {}",
-        tokens * F16_PANEL
     );
     cols
 }
@@ -98,8 +84,7 @@ pub(crate) fn check_bf16_panel_args(
     tokens: usize,
     out_len: usize,
 ) -> usize {
-    // Same shape rules as the F16 panel, with half as many (paired) activations.
-    let cols = check_panel_args(panel_len, usize::MAX, tokens, out_len);
+    let cols = check_panel_shape(panel_len, tokens, out_len);
     let pairs = cols.div_ceil(2);
     assert!(
         xp_len >= pairs * tokens,
@@ -107,6 +92,26 @@ pub(crate) fn check_bf16_panel_args(
         pairs * tokens
     );
     cols
+}
+
+/// The checks both panel kernels share (whole columns, 1 to 16 tokens, room for the sums);
+/// returns the column count.
+fn check_panel_shape(panel_len: usize, tokens: usize, out_len: usize) -> usize {
+    use crate::output::F16_PANEL;
+    assert!(
+        panel_len.is_multiple_of(F16_PANEL),
+        "{panel_len} weights are not whole columns of a {F16_PANEL}-row panel"
+    );
+    assert!(
+        (1..=F16_PANEL).contains(&tokens),
+        "a panel takes 1 to {F16_PANEL} tokens, not {tokens}"
+    );
+    assert!(
+        out_len >= tokens * F16_PANEL,
+        "output holds {out_len} values, need {}",
+        tokens * F16_PANEL
+    );
+    panel_len / F16_PANEL
 }
 
 /// Checks the arguments of an output-layer row kernel; SIMD kernels rely on it for memory safety.
