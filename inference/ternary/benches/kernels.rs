@@ -287,65 +287,66 @@ fn instruction_peak() -> Option<String> {
         }
         const CHAINS: usize = 12;
         const ROUNDS: usize = 20_000_000;
-        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-        fn dpbusd(rounds: usize) -> i32 {
-            let (a, b) = (_mm512_set1_epi8(1), _mm512_set1_epi8(black_box(2)));
-            let mut acc = [_mm512_setzero_si512(); CHAINS];
-            for _ in 0..rounds {
-                for lane in &mut acc {
-                    *lane = _mm512_dpbusd_epi32(*lane, a, b);
+        /// A function that runs `CHAINS` independent chains of `$step` (on `lane`, with operands
+        /// `a` and `b` from `$operands`) for `rounds` rounds, then sums the lanes so the work
+        /// cannot be dropped.
+        macro_rules! chains {
+            ($name:ident, $features:literal, $zero:expr, $add:ident, $reduce:ident,
+             $operands:expr, |$lane:ident, $a:ident, $b:ident| $step:expr) => {
+                #[target_feature(enable = $features)]
+                fn $name(rounds: usize) {
+                    let ($a, $b) = $operands;
+                    let mut acc = [$zero; CHAINS];
+                    for _ in 0..rounds {
+                        for $lane in &mut acc {
+                            *$lane = $step;
+                        }
+                    }
+                    black_box($reduce(acc.iter().fold($zero, |s, v| $add(s, *v))));
                 }
-            }
-            _mm512_reduce_add_epi32(
-                acc.iter()
-                    .fold(_mm512_setzero_si512(), |s, v| _mm512_add_epi32(s, *v)),
-            )
+            };
         }
-        #[target_feature(enable = "avx512f")]
-        fn fmadd(rounds: usize) -> f32 {
-            let (a, b) = (_mm512_set1_ps(black_box(0.999)), _mm512_set1_ps(0.001));
-            let mut acc = [_mm512_setzero_ps(); CHAINS];
-            for _ in 0..rounds {
-                for lane in &mut acc {
-                    *lane = _mm512_fmadd_ps(*lane, a, b);
-                }
-            }
-            _mm512_reduce_add_ps(
-                acc.iter()
-                    .fold(_mm512_setzero_ps(), |s, v| _mm512_add_ps(s, *v)),
-            )
-        }
-        #[target_feature(enable = "avx512f,avx512bf16")]
-        fn dpbf16(rounds: usize) -> f32 {
-            let a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(black_box(0.5)), _mm512_set1_ps(0.25));
-            let mut acc = [_mm512_setzero_ps(); CHAINS];
-            for _ in 0..rounds {
-                for lane in &mut acc {
-                    *lane = _mm512_dpbf16_ps(*lane, a, a);
-                }
-            }
-            _mm512_reduce_add_ps(
-                acc.iter()
-                    .fold(_mm512_setzero_ps(), |s, v| _mm512_add_ps(s, *v)),
-            )
-        }
+        chains!(
+            dpbusd,
+            "avx512f,avx512bw,avx512vnni",
+            _mm512_setzero_si512(),
+            _mm512_add_epi32,
+            _mm512_reduce_add_epi32,
+            (_mm512_set1_epi8(1), _mm512_set1_epi8(black_box(2))),
+            |lane, a, b| _mm512_dpbusd_epi32(*lane, a, b)
+        );
+        chains!(
+            fmadd,
+            "avx512f",
+            _mm512_setzero_ps(),
+            _mm512_add_ps,
+            _mm512_reduce_add_ps,
+            (_mm512_set1_ps(black_box(0.999)), _mm512_set1_ps(0.001)),
+            |lane, a, b| _mm512_fmadd_ps(*lane, a, b)
+        );
+        chains!(
+            dpbf16,
+            "avx512f,avx512bf16",
+            _mm512_setzero_ps(),
+            _mm512_add_ps,
+            _mm512_reduce_add_ps,
+            (
+                _mm512_cvtne2ps_pbh(_mm512_set1_ps(black_box(0.5)), _mm512_set1_ps(0.25)),
+                _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.5), _mm512_set1_ps(black_box(0.25)))
+            ),
+            |lane, a, b| _mm512_dpbf16_ps(*lane, a, b)
+        );
         let rate = |run: &dyn Fn()| {
             let start = Instant::now();
             run();
             (CHAINS * ROUNDS) as f64 / start.elapsed().as_secs_f64() / 1e9
         };
         // SAFETY: both target features were detected above.
-        let int8 = rate(&|| {
-            black_box(unsafe { dpbusd(ROUNDS) });
-        });
-        let f32 = rate(&|| {
-            black_box(unsafe { fmadd(ROUNDS) });
-        });
+        let int8 = rate(&|| unsafe { dpbusd(ROUNDS) });
+        let f32 = rate(&|| unsafe { fmadd(ROUNDS) });
         let bf16 = if is_x86_feature_detected!("avx512bf16") {
             // SAFETY: detected just above (AVX-512F was detected earlier).
-            let bf16 = rate(&|| {
-                black_box(unsafe { dpbf16(ROUNDS) });
-            });
+            let bf16 = rate(&|| unsafe { dpbf16(ROUNDS) });
             format!(
                 "; vdpbf16ps zmm {bf16:.2} G/s = {:.0} G bf16 MAC/s",
                 bf16 * 32.0
