@@ -46,6 +46,15 @@ fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// The tiny synthetic model in `format` with weights from `seed`, loaded with 2 threads; keep
+/// the directory alive while the model is used.
+fn tiny_model(format: WeightFormat, seed: u64) -> (tempfile::TempDir, Model) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), &SyntheticModel::tiny(format, seed), "m.gguf");
+    let model = Model::load(&path, options(2)).unwrap();
+    (dir, model)
+}
+
 /// Greedy decoding with the optimised pass, one token per call after a prompt.
 fn greedy(model: &Model, prompt: &[u32], steps: usize) -> Vec<u32> {
     let mut session = Session::new(model, prompt.len() + steps).unwrap();
@@ -131,13 +140,7 @@ fn the_same_weights_in_i2s_tq2_and_tq1_give_the_same_tokens() {
 
 #[test]
 fn batched_decode_of_three_sequences_equals_each_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        &SyntheticModel::tiny(WeightFormat::I2S, 5),
-        "m.gguf",
-    );
-    let model = Model::load(&path, options(2)).unwrap();
+    let (_dir, model) = tiny_model(WeightFormat::I2S, 5);
     let prompts: [&[u32]; 3] = [&[1, 2, 3, 4], &[400, 7], &[9, 9, 9, 100, 200, 300, 8]];
     let steps = 12;
     let alone: Vec<Vec<u32>> = prompts.iter().map(|p| greedy(&model, p, steps)).collect();
@@ -211,13 +214,7 @@ fn has_exact_argmax_product() -> bool {
 
 #[test]
 fn greedy_decoding_with_argmax_only_logits_picks_the_same_tokens() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        &SyntheticModel::tiny(WeightFormat::Tq2_0, 21),
-        "m.gguf",
-    );
-    let model = Model::load(&path, options(2)).unwrap();
+    let (_dir, model) = tiny_model(WeightFormat::Tq2_0, 21);
     let vocab = model.vocab_size();
     // Twelve sequences: batches this large take the BF16 pass where the CPU has one.
     let sequences = 12;
@@ -265,13 +262,7 @@ fn greedy_decoding_with_argmax_only_logits_picks_the_same_tokens() {
 
 #[test]
 fn prefill_in_one_batch_equals_token_by_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        &SyntheticModel::tiny(WeightFormat::Tq2_0, 8),
-        "m.gguf",
-    );
-    let model = Model::load(&path, options(2)).unwrap();
+    let (_dir, model) = tiny_model(WeightFormat::Tq2_0, 8);
     let prompt = [10u32, 20, 30, 40, 50, 60, 70, 80, 90];
     let mut batched = Session::new(&model, 16).unwrap();
     let at_once = batched.feed(&prompt).unwrap().to_vec();
@@ -562,13 +553,8 @@ fn a_loaded_model_can_be_shared_between_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Model>();
     assert_send_sync::<KvCache>();
-    let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        &SyntheticModel::tiny(WeightFormat::Tq2_0, 12),
-        "m.gguf",
-    );
-    let model = std::sync::Arc::new(Model::load(&path, options(2)).unwrap());
+    let (_dir, model) = tiny_model(WeightFormat::Tq2_0, 12);
+    let model = std::sync::Arc::new(model);
     let expected = greedy(&model, &[7, 8, 9], 8);
     let handles: Vec<_> = (0..2)
         .map(|_| {

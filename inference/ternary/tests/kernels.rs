@@ -569,6 +569,22 @@ fn near_tie_matrix(rng: &mut Rng, rows: usize, cols: usize) -> (Vec<half::f16>, 
     (weights, bytes)
 }
 
+/// The F16 product of `x` and the exact-argmax product, in that order.
+fn both_products(
+    matrix: &OutputMatrix,
+    x: &[f32],
+    tokens: usize,
+    pool: &ThreadPool,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut exact = vec![0.0; tokens * matrix.rows()];
+    matrix.try_matmul(x, tokens, &mut exact, pool).unwrap();
+    let mut fast = vec![0.0; tokens * matrix.rows()];
+    matrix
+        .try_matmul_exact_argmax(x, tokens, &mut fast, pool)
+        .unwrap();
+    (exact, fast)
+}
+
 #[test]
 fn the_exact_argmax_product_picks_what_the_exact_product_picks() {
     let mut rng = Rng::new(41);
@@ -578,12 +594,7 @@ fn the_exact_argmax_product_picks_what_the_exact_product_picks() {
         let matrix = OutputMatrix::from_f16_bytes(&bytes, rows, cols).unwrap();
         for tokens in [1, 9, 10, 16, 17, 33] {
             let x = rng.floats(tokens * cols);
-            let mut exact = vec![0.0; tokens * rows];
-            matrix.try_matmul(&x, tokens, &mut exact, &pool).unwrap();
-            let mut fast = vec![0.0; tokens * rows];
-            matrix
-                .try_matmul_exact_argmax(&x, tokens, &mut fast, &pool)
-                .unwrap();
+            let (exact, fast) = both_products(&matrix, &x, tokens, &pool);
             for t in 0..tokens {
                 let (e, f) = (&exact[t * rows..][..rows], &fast[t * rows..][..rows]);
                 let best = first_argmax(e);
@@ -626,12 +637,7 @@ fn the_exact_argmax_product_falls_back_where_no_bound_holds() {
     for poison in [f32::NAN, 3e38] {
         let mut x = rng.floats(tokens * cols);
         x[5 * cols + 7] = poison;
-        let mut exact = vec![0.0; tokens * rows];
-        matrix.try_matmul(&x, tokens, &mut exact, &pool).unwrap();
-        let mut fast = vec![0.0; tokens * rows];
-        matrix
-            .try_matmul_exact_argmax(&x, tokens, &mut fast, &pool)
-            .unwrap();
+        let (exact, fast) = both_products(&matrix, &x, tokens, &pool);
         let differ = fast
             .iter()
             .zip(&exact)
